@@ -55,26 +55,28 @@ def test_stale_socket_of_a_killed_process_is_ignored(dotnet_target: StartTarget)
     target.kill()
     assert socket_path.exists(), "the runtime leaves its socket behind when killed"
     assert target.pid not in {p.pid for p in list_processes()}
-    with pytest.raises(IpcConnectionError, match="refuses connections|does not exist"):
+    with pytest.raises(IpcConnectionError, match=r"refuses connections|does not exist"):
         DiagnosticsClient(socket_path).process_info()
 
 
-def test_default_process_rule(dotnet_target: StartTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_process_rule(
+    dotnet_target: StartTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A private TMPDIR gives these targets their own discovery directory.
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    with pytest.raises(ProcessSelectionError, match="no .NET process found"):
+    with pytest.raises(ProcessSelectionError, match=r"no \.NET process found"):
         select_process(list_processes())
     first = dotnet_target("Sleeper.cs", "60", env={"TMPDIR": str(tmp_path)})
     assert select_process(list_processes()).pid == first.pid
     second = dotnet_target("Sleeper.cs", "60", env={"TMPDIR": str(tmp_path)})
     processes = list_processes()
-    with pytest.raises(ProcessSelectionError, match="no default process: 2 .NET processes") as err:
+    with pytest.raises(ProcessSelectionError, match=r"no default process: 2 \.NET processes") as err:
         select_process(processes)
     assert str(first.pid) in str(err.value) and str(second.pid) in str(err.value)
-    with pytest.raises(ProcessSelectionError, match="2 .NET processes match name=DOTNET"):
+    with pytest.raises(ProcessSelectionError, match=r"2 \.NET processes match name=DOTNET"):
         select_process(processes, name="DOTNET")
     assert select_process(processes, pid=second.pid).pid == second.pid
-    with pytest.raises(ProcessSelectionError, match=f"no .NET process matches pid={os.getpid()}"):
+    with pytest.raises(ProcessSelectionError, match=rf"no \.NET process matches pid={os.getpid()}"):
         select_process(processes, pid=os.getpid())
     with pytest.raises(ProcessSelectionError, match="matches uid"):
         select_process(processes, uid=uuid.uuid4())
