@@ -25,7 +25,7 @@ mcs:
 lint: venv
 	$(BIN)/ruff check agent functions tests benchmarks
 	$(BIN)/ruff format --check agent functions tests benchmarks
-	$(BIN)/mypy agent/dnmon_agent functions/dnmon_core
+	$(BIN)/mypy agent/dnmon_agent functions/dnmon_core functions/dnmon_api
 
 test: venv mcs lint
 	$(BIN)/pytest -q

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from . import ipc
-from .errors import IpcServerError
+from .errors import IpcError, IpcServerError
 from .ipc import Command, RuntimeProcessInfo, SessionConfiguration
 from .transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT, IpcConnection
 
@@ -93,6 +94,8 @@ class EventPipeSession:
         self.session_id = session_id
         self._conn = conn
         self.stop_requested = False
+        self.stop_error: IpcError | None = None
+        self._stopper: threading.Thread | None = None
 
     def read(self, max_bytes: int = 1 << 16, timeout: float | None = 1.0) -> bytes | None:
         """Next bytes of the stream; ``b""`` at EOF; ``None`` when nothing arrived in ``timeout``."""
@@ -102,14 +105,31 @@ class EventPipeSession:
         return self._conn.read_into(buffer, timeout)
 
     def stop(self) -> None:
-        """Send StopTracing once; the stream then ends by itself (rundown, end tag, EOF)."""
-        if not self.stop_requested:
-            self.stop_requested = True
+        """Ask for a graceful end without waiting; the stream then ends itself (rundown, end tag, EOF).
+
+        The runtime replies to StopTracing only after writing the rundown into this session's
+        stream, so waiting for the reply on the reading thread deadlocks once the socket buffer
+        fills. The request goes out on its own thread; a failure is kept in ``stop_error``.
+        """
+        if self.stop_requested:
+            return
+        self.stop_requested = True
+        self._stopper = threading.Thread(
+            target=self._send_stop, name=f"stop-{self.session_id:x}", daemon=True
+        )
+        self._stopper.start()
+
+    def _send_stop(self) -> None:
+        try:
             self.client.stop_tracing(self.session_id)
+        except IpcError as exc:  # the target is going away: its stream ends by itself
+            self.stop_error = exc
 
     def close(self) -> None:
         """Drop the stream. Without a prior ``stop`` the runtime ends the session on its next write."""
         self._conn.close()
+        if self._stopper is not None:
+            self._stopper.join(timeout=1.0)
 
     def __enter__(self) -> EventPipeSession:
         return self

@@ -11,14 +11,14 @@ import os
 import platform
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from .client import DiagnosticsClient
-from .errors import DiagnosticsError, IpcError, IpcServerError, ProcessSelectionError
+from .errors import DiagnosticsError, IpcError, IpcServerError, IpcTimeoutError, ProcessSelectionError
 
 SOCKET_PATTERN = re.compile(r"^dotnet-diagnostic-(\d+)-(\d+)-socket$")
 ZERO_UID = uuid.UUID(int=0)
@@ -121,14 +121,27 @@ def _proc_command_line(pid: int) -> str:
         return ""
 
 
-def list_processes(directory: Path | None = None, *, timeout: float = 3.0) -> list[DotnetProcess]:
-    """Every live, answering .NET process of this host, ordered by pid."""
+def list_processes(
+    directory: Path | None = None,
+    *,
+    timeout: float = 3.0,
+    known: Mapping[int, DotnetProcess] | None = None,
+) -> list[DotnetProcess]:
+    """Every live, answering .NET process of this host, ordered by pid.
+
+    ``known`` (the previous scan) covers a runtime that is alive but busy: its diagnostics server
+    answers one command at a time, and while it writes a big rundown it answers nobody.
+    """
     found: list[DotnetProcess] = []
     for pid, path in sorted(find_sockets(directory).items()):
         if pid == os.getpid():
             continue
         try:
             found.append(describe(pid, path, timeout=timeout))
+        except IpcTimeoutError:
+            previous = (known or {}).get(pid)
+            if previous is not None and previous.socket_path == str(path):
+                found.append(previous)
         except DiagnosticsError:
             continue  # exited between the scan and the question, or a stale socket
     return found

@@ -7,6 +7,7 @@ metadata records arrive, ``Event`` for every event the caller wants, ``StackBloc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
@@ -112,10 +113,20 @@ class Event:
     def fields(self) -> dict[str, Any]:
         """Payload decoded by the metadata's field list (``{}`` when the event has none)."""
         if self._fields is None:
-            from .payload import decode_payload
-
-            self._fields = decode_payload(self.metadata, self.payload)
+            self._fields = (_decode_payload or _bind_decoder())(self.metadata, self.payload)
         return self._fields
+
+
+_decode_payload: Callable[[EventMetadata, bytes], dict[str, Any]] | None = None
+
+
+def _bind_decoder() -> Callable[[EventMetadata, bytes], dict[str, Any]]:
+    """Import the payload decoder once: a relative import per ``fields`` call costs microseconds."""
+    global _decode_payload
+    from .payload import decode_payload  # payload.py imports this module
+
+    _decode_payload = decode_payload
+    return decode_payload
 
 
 @dataclass(frozen=True, slots=True)

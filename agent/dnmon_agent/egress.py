@@ -1,0 +1,193 @@
+"""Egress: where a capture's bytes go while it runs. S3 and the filesystem implement one protocol.
+
+The S3 writer drives the multipart upload by hand with fixed-size parts, so the agent's memory is
+bounded by one part whatever the trace's length (boto3's managed transfer buffers far more —
+aws-facts.md). botocore's standard retry mode retries throttling and 5xx; what still fails after
+that aborts the upload, so no orphaned parts are billed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+PART_SIZE = 8 << 20  # S3's minimum is 5 MiB for every part but the last
+
+
+class EgressError(Exception):
+    """Writing the artifact failed; the partial artifact has been discarded."""
+
+
+@dataclass(frozen=True)
+class ArtifactLocation:
+    """Where a finished artifact is: enough to build ``resourceLocation`` and to download it."""
+
+    kind: str  # "s3" | "filesystem"
+    size: int
+    bucket: str | None = None
+    key: str | None = None
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class ArtifactWriter(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def complete(self) -> ArtifactLocation: ...
+
+    def abort(self) -> None: ...
+
+
+class S3MultipartWriter:
+    """Streams into S3: a part goes out whenever ``part_size`` bytes have gathered."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str = "application/octet-stream",
+        part_size: int = PART_SIZE,
+        kms_key_id: str | None = None,
+    ) -> None:
+        if part_size < 5 << 20:
+            raise ValueError("S3 parts must be at least 5 MiB")
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.content_type = content_type
+        self.part_size = part_size
+        self.kms_key_id = kms_key_id
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._size = 0
+
+    def _extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"ContentType": self.content_type}
+        if self.kms_key_id:
+            extra.update(ServerSideEncryption="aws:kms", SSEKMSKeyId=self.kms_key_id)
+        return extra
+
+    def _call(self, what: str, method: Any, **kwargs: Any) -> Any:
+        try:
+            return method(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            self.abort()
+            raise EgressError(f"S3 {what} failed for s3://{self.bucket}/{self.key}: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        self._size += len(data)
+        while len(self._buffer) >= self.part_size:
+            self._send_part(bytes(self._buffer[: self.part_size]))
+            del self._buffer[: self.part_size]
+
+    def _send_part(self, body: bytes) -> None:
+        if self._upload_id is None:  # created lazily: a small artifact is one PutObject
+            response = self._call(
+                "CreateMultipartUpload",
+                self.client.create_multipart_upload,
+                Bucket=self.bucket,
+                Key=self.key,
+                **self._extra(),
+            )
+            self._upload_id = response["UploadId"]
+        number = len(self._parts) + 1
+        response = self._call(
+            f"UploadPart {number}",
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        self._parts.append({"PartNumber": number, "ETag": response["ETag"]})
+
+    def complete(self) -> ArtifactLocation:
+        if self._upload_id is None:
+            self._call(
+                "PutObject",
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=bytes(self._buffer),
+                **self._extra(),
+            )
+        else:
+            if self._buffer:
+                self._send_part(bytes(self._buffer))
+            self._call(
+                "CompleteMultipartUpload",
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        self._buffer = bytearray()
+        return ArtifactLocation("s3", self._size, bucket=self.bucket, key=self.key)
+
+    def abort(self) -> None:
+        """Drop the upload (best effort: S3's lifecycle rule cleans up what this misses)."""
+        upload_id, self._upload_id = self._upload_id, None
+        self._buffer = bytearray()
+        if upload_id is not None:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+
+
+class FileSystemWriter:
+    """Writes ``<directory>/<name>`` through a ``.partial`` file renamed at completion."""
+
+    def __init__(self, directory: str | Path, name: str) -> None:
+        self.path = Path(directory) / name
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._file = self._partial.open("wb")
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise EgressError(f"writing {self.path} failed: {exc.strerror}") from exc
+        self._size += len(data)
+
+    def complete(self) -> ArtifactLocation:
+        self._file.close()
+        os.replace(self._partial, self.path)
+        return ArtifactLocation("filesystem", self._size, path=str(self.path))
+
+    def abort(self) -> None:
+        self._file.close()
+        self._partial.unlink(missing_ok=True)
+
+
+class MemoryWriter:
+    """Keeps the artifact in memory (tests, and small inline responses)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.completed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def complete(self) -> ArtifactLocation:
+        self.completed = True
+        return ArtifactLocation("memory", len(self.data))
+
+    def abort(self) -> None:
+        self.aborted = True

@@ -1,0 +1,37 @@
+"""``POST /livemetrics`` (custom providers and meters) and ``GET /livemetrics`` (default providers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.router import APIGatewayRouter
+
+from dnmon_core.models import EventMetricsConfiguration
+from dnmon_core.operations import ArtifactKind
+
+from . import captures
+from .http import base_url, body_text, query
+from .services import services
+
+router = APIGatewayRouter()
+
+
+def _run(configuration: dict[str, Any]) -> Response[Any]:
+    svc = services()
+    capture_query = captures.parse_capture_query(query(router), svc)
+    record = captures.start_capture(svc, ArtifactKind.LIVEMETRICS, capture_query, configuration)
+    location = captures.location_of(base_url(router), record.operation_id)
+    if capture_query.egress_provider is not None:
+        return captures.accepted(location)
+    return captures.finish_inline(svc, record, capture_query, location)
+
+
+@router.post("/livemetrics")
+def post_livemetrics() -> Response[Any]:
+    return _run(captures.parse_body(ArtifactKind.LIVEMETRICS, body_text(router)))
+
+
+@router.get("/livemetrics")
+def get_livemetrics() -> Response[Any]:
+    return _run(EventMetricsConfiguration().model_dump(mode="json", by_alias=True))

@@ -1,0 +1,69 @@
+"""RFC 7807 problem+json, the only error shape the API returns (ASP.NET's ProblemDetails)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from aws_lambda_powertools.event_handler import Response
+
+PROBLEM_JSON = "application/problem+json"
+_TYPES = {
+    400: "https://tools.ietf.org/html/rfc9110#section-15.5.1",
+    401: "https://tools.ietf.org/html/rfc9110#section-15.5.2",
+    404: "https://tools.ietf.org/html/rfc9110#section-15.5.5",
+    429: "https://tools.ietf.org/html/rfc6585#section-4",
+    500: "https://tools.ietf.org/html/rfc9110#section-15.6.1",
+    503: "https://tools.ietf.org/html/rfc9110#section-15.6.4",
+}
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
+           500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
+
+
+class Problem(Exception):
+    """Raised anywhere in a route; the app's exception handler renders it."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        errors: Mapping[str, Sequence[str]] | None = None,
+        title: str | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = {k: list(v) for k, v in (errors or {}).items()}
+        self.title = title
+
+    def body(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "type": _TYPES.get(self.status, "about:blank"),
+            "title": self.title or _TITLES.get(self.status, "Error"),
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+    def response(self) -> Response[str]:
+        # Powertools serialises only application/json dicts; problem+json must be a string.
+        return Response(self.status, PROBLEM_JSON, json.dumps(self.body()))
+
+
+def validation_problem(errors: Mapping[str, Sequence[str]]) -> Problem:
+    """400 ValidationProblemDetails; ``detail`` repeats the first message so one line says it all."""
+    first = next(iter(errors.items()), ("", [""]))
+    field = f"{first[0]}: " if first[0] else ""
+    return Problem(
+        400,
+        f"{field}{first[1][0] if first[1] else 'invalid'}",
+        errors=errors,
+        title="One or more validation errors occurred.",
+    )
+
+
+def rate_limited() -> Problem:
+    return Problem(429, "Rate limit reached.")

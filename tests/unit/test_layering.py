@@ -1,0 +1,44 @@
+"""The layering rules of DESIGN.md, checked rather than promised."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SANS_IO = ["ipc.py", "nettrace.py", "payload.py", "framing.py", "events.py", "errors.py"]
+IO_MODULES = {"socket", "asyncio", "boto3", "botocore", "select", "selectors", "subprocess", "threading"}
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", SANS_IO)
+def test_codec_modules_do_no_io(module: str) -> None:
+    path = ROOT / "agent" / "dnmon_agent" / "diagnostics" / module
+    assert path.exists(), path
+    assert not _imports(path) & IO_MODULES
+
+
+def _python_files(*parts: str) -> list[Path]:
+    return sorted((ROOT.joinpath(*parts)).rglob("*.py"))
+
+
+def test_agent_and_functions_never_import_each_other() -> None:
+    agent_files = _python_files("agent")
+    function_packages = {
+        p.name for p in (ROOT / "functions").iterdir() if p.is_dir() and p.name != "dnmon_core"
+    }
+    for path in agent_files:
+        assert not _imports(path) & function_packages, path
+    for path in _python_files("functions"):
+        assert "dnmon_agent" not in _imports(path), path
