@@ -77,7 +77,7 @@ def record(
     *,
     seconds: float,
     max_bytes: int | None = None,
-    sink: Callable[[bytes], None] | None = None,
+    sink: Callable[[bytes], object] | None = None,
     drain_timeout: float = 120.0,
 ) -> Recording:
     """Run one session for ``seconds`` (or until ``max_bytes`` arrived), stop it, drain to EOF.

@@ -30,13 +30,14 @@ from dnmon_core.operations import (
     ARTIFACT_CONTENT_TYPES,
     ArtifactKind,
     CaptureJob,
+    EnvironmentRequest,
     OperationError,
     OperationProcess,
     OperationState,
     artifact_name,
 )
 from dnmon_core.profiles import TraceProfile, profile_configuration
-from dnmon_core.store import AgentRegistry, OperationStore, StoreError, TransitionRejected
+from dnmon_core.store import AgentRegistry, OperationStore, ReplyStore, StoreError, TransitionRejected
 
 from . import __version__
 from .diagnostics.client import DiagnosticsClient
@@ -116,6 +117,7 @@ class Agent:
         table = self.session.resource("dynamodb", config=config).Table(self.settings.table)
         self.store = OperationStore(table, clock=self.clock)
         self.registry = AgentRegistry(table, clock=self.clock)
+        self.replies = ReplyStore(table, clock=self.clock)
 
     # --- registration --------------------------------------------------------------------
 
@@ -189,8 +191,13 @@ class Agent:
     def dispatch(self, message: Mapping[str, Any]) -> None:
         """Claim the job; whatever happens, the message is deleted once the claim is decided."""
         try:
+            if json.loads(message["Body"]).get("type") == "environment":
+                request = EnvironmentRequest.model_validate_json(message["Body"])
+                self._delete(message)
+                threading.Thread(target=self._answer_environment, args=(request,), daemon=True).start()
+                return
             job = CaptureJob.model_validate_json(message["Body"])
-        except pydantic.ValidationError as exc:
+        except (pydantic.ValidationError, ValueError, AttributeError) as exc:
             log.error("dropping an unreadable job message: %s", exc)
             self._delete(message)
             return
@@ -206,6 +213,19 @@ class Agent:
         with self._lock:
             self._running[job.operation_id] = _Running(job, control, thread, record.slot)
         thread.start()
+
+    def _answer_environment(self, request: EnvironmentRequest) -> None:
+        """Read the target's environment (ProcessEnvironment) and leave the answer for the API."""
+        selector = request.process
+        try:
+            target = select_process(list_processes(), pid=selector.pid, uid=selector.uid, name=selector.name)
+            reply: dict[str, Any] = {"environment": DiagnosticsClient(target.socket_path).environment()}
+        except DiagnosticsError as exc:
+            reply = {"error": str(exc)}
+        try:
+            self.replies.put(request.request_id, reply)
+        except StoreError as exc:
+            log.warning("storing the environment reply failed: %s", exc)
 
     def _delete(self, message: Mapping[str, Any]) -> None:
         try:

@@ -15,7 +15,7 @@ import boto3
 from botocore.config import Config
 
 from dnmon_core.config import ServiceSettings
-from dnmon_core.store import AgentRegistry, OperationStore
+from dnmon_core.store import AgentRegistry, OperationStore, ReplyStore
 
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, signature_version="s3v4")
 
@@ -36,6 +36,10 @@ class Services:
     @cached_property
     def registry(self) -> AgentRegistry:
         return AgentRegistry(self.table, max_silence=self.settings.agent_max_silence_seconds)
+
+    @cached_property
+    def replies(self) -> ReplyStore:
+        return ReplyStore(self.table)
 
     @cached_property
     def sqs(self) -> Any:

@@ -157,3 +157,14 @@ class CaptureJob(BaseModel):
     artifact_name: str
     counter_interval_seconds: float = 5.0
     created: datetime
+
+
+class EnvironmentRequest(BaseModel):
+    """``GET /processes/env``: the agent reads the target's environment and stores the reply."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = JOB_SCHEMA_VERSION
+    type: str = "environment"
+    request_id: uuid.UUID
+    process: ProcessSelector

@@ -465,6 +465,40 @@ class OperationStore:
         return OperationRecord.from_item(response["Attributes"])
 
 
+# --- replies to agent requests ---------------------------------------------------------------
+
+REPLY_TTL_SECONDS = 3600
+
+
+class ReplyStore:
+    """Small answers an agent gives to a synchronous question (``GET /processes/env``)."""
+
+    def __init__(self, table: Any, *, clock: Clock = time.time) -> None:
+        self.table = table
+        self.clock = clock
+
+    def put(self, request_id: uuid.UUID, reply: Mapping[str, Any]) -> None:
+        try:
+            self.table.put_item(
+                Item={
+                    "pk": f"REPLY#{request_id}",
+                    "sk": "REPLY",
+                    "reply": _dynamo(dict(reply)),
+                    "ttl": int(self.clock() + REPLY_TTL_SECONDS),
+                }
+            )
+        except ClientError as exc:
+            raise _wrap(exc, "storing the reply") from exc
+
+    def get(self, request_id: uuid.UUID) -> dict[str, Any] | None:
+        try:
+            item = self.table.get_item(Key={"pk": f"REPLY#{request_id}", "sk": "REPLY"}, ConsistentRead=True)
+        except ClientError as exc:
+            raise _wrap(exc, "reading the reply") from exc
+        found = item.get("Item")
+        return _plain(found["reply"]) if found else None
+
+
 # --- agents ------------------------------------------------------------------------------------
 
 

@@ -288,3 +288,44 @@ def test_s3_failing_during_upload_fails_and_aborts(
     s3 = boto3.client("s3", endpoint_url=aws_stack.endpoint, region_name="us-east-1")
     assert not s3.list_multipart_uploads(Bucket=aws_stack.bucket).get("Uploads")
     assert not s3.list_objects_v2(Bucket=aws_stack.bucket).get("Contents")
+
+
+def test_process_environment_through_the_agent(
+    aws_stack: AwsStack, start_agent: Any, dotnet_target: StartTarget
+) -> None:
+    target = dotnet_target("Sleeper.cs", "600", env={"DNMON_MARKER": "x=1;y"})
+    start_agent()
+    response = call("GET", "/processes/env", query={"pid": str(target.pid)})
+    assert response["statusCode"] == 200, response["body"]
+    assert json.loads(response["body"])["DNMON_MARKER"] == "x=1;y"
+    info = json.loads(call("GET", f"/processes/{target.pid}")["body"])
+    assert info["managedEntryPointAssemblyName"] == "Sleeper"
+
+
+def test_netcore31_environment_is_refused_clearly(
+    aws_stack: AwsStack, start_agent: Any, dotnet_target: StartTarget
+) -> None:
+    target = dotnet_target("Sleeper.cs", "600", runtime="netcore31")
+    start_agent()
+    response = call("GET", "/processes/env", query={"pid": str(target.pid)})
+    assert response["statusCode"] == 400
+    assert "UNKNOWN_COMMAND" in json.loads(response["body"])["detail"]
+
+
+def test_schedule_input_starts_the_same_capture(
+    aws_stack: AwsStack, start_agent: Any, dotnet_target: StartTarget
+) -> None:
+    from dnmon_api import schedule
+
+    target = dotnet_target("Sleeper.cs", "600")
+    start_agent()
+    event = {"route": "/trace", "query": {"pid": str(target.pid), "durationSeconds": "1", "tags": "nightly"},
+             "body": GC_BODY}  # fmt: skip
+    result = schedule.handler(event, FakeContext())  # type: ignore[arg-type]
+    assert result["status"] == 202
+    status = wait_status(f"/operations/{result['operationId']}", "Succeeded", "Failed")
+    assert status["status"] == "Succeeded" and status["tags"] == ["nightly"]
+    items = decode(download(aws_stack, status))  # a schedule always egresses to S3
+    assert isinstance(items[-1], EndOfStream)
+    refused = schedule.handler({"route": "/dump", "query": {}}, FakeContext())  # type: ignore[arg-type]
+    assert refused["status"] == 400 and "route must be one of" in refused["problem"]["detail"]

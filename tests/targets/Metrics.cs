@@ -52,7 +52,11 @@ class Metrics
         {
             case "metrics":
                 SetUpEventCounters();
-                SetUpMeter();
+                if (!SetUpMeter())
+                {
+                    // .NET Core 3.1 has EventCounters but no Meter: still useful for counter tests.
+                    Console.WriteLine("no System.Diagnostics.Metrics.Meter on this runtime: EventCounters only");
+                }
                 new Thread(Tick) { IsBackground = true, Name = "metrics-tick" }.Start();
                 return Run(args);
             case "cpu":
@@ -129,9 +133,14 @@ class Metrics
 
     // --- System.Diagnostics.Metrics ------------------------------------------------------------
 
-    static void SetUpMeter()
+    // False when the runtime has no Meter (before .NET 6); any other reflection failure throws.
+    static bool SetUpMeter()
     {
-        Type meterType = Type.GetType("System.Diagnostics.Metrics.Meter, System.Diagnostics.DiagnosticSource", true);
+        Type meterType = Type.GetType("System.Diagnostics.Metrics.Meter, System.Diagnostics.DiagnosticSource", false);
+        if (meterType == null)
+        {
+            return false;
+        }
         // Meter(string name, string version): other constructors add tags/scope or take MeterOptions.
         meter = meterType.GetConstructor(new[] { typeof(string), typeof(string) })
             .Invoke(new object[] { "CustomMeter", "1.0" });
@@ -148,6 +157,7 @@ class Metrics
         // Add(T, KeyValuePair<string, object>): the single-tag overload among Add's seven.
         addTagged = Bind<Action<long, KeyValuePair<string, object>>>(
             taggedCounter, "Add", typeof(long), typeof(KeyValuePair<string, object>));
+        return true;
     }
 
     // Create{Counter,Histogram,UpDownCounter}<T>(string name, string unit, string description):
@@ -186,20 +196,32 @@ class Metrics
 
     // --- the 100 ms tick -----------------------------------------------------------------------
 
+    // Ticks follow a fixed 100 ms grid (not Sleep(100) after the work, which drifts), so a 1 s
+    // interval almost always holds 10 ticks; when its edge lands on a tick it holds 9 or 11.
     static void Tick()
     {
         var route = new KeyValuePair<string, object>("route", "/a");
-        while (true)
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        for (long tick = 1; ; tick++)
         {
             writeCounter1(3);        // Mean 3 in every interval
             writeCounter2(126);      // Mean 126
             incrementRequests(5);    // ~50 per 1 s interval
+            if (meter == null)
+            {
+                goto wait;
+            }
             addMyCounter(2);         // rate ~20 per 1 s interval
             recordHistogram(42);     // every quantile is 42
             addUpDown(3);            // net +2 per tick
             addUpDown(-1);
             addTagged(1, route);     // tags "route=/a"
-            Thread.Sleep(100);
+        wait:
+            long wait = tick * 100 - clock.ElapsedMilliseconds;
+            if (wait > 0)
+            {
+                Thread.Sleep((int)wait);
+            }
         }
     }
 

@@ -248,7 +248,7 @@ def _has_array(f: FieldDescriptor) -> bool:
 
 # -- payloads -----------------------------------------------------------------------------------
 
-_FIXED = {
+_FIXED: dict[int, str] = {
     TypeCode.SBYTE: "b",
     TypeCode.BYTE: "B",
     TypeCode.INT16: "h",

@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,7 @@ def base() -> StreamBuilder:
     return StreamBuilder().trace()
 
 
-def one_metadata(**kwargs: object) -> StreamBuilder:
+def one_metadata(**kwargs: Any) -> StreamBuilder:
     """A stream with metadata id 1: a single Int32 field ``n``."""
     return base().metadata([metadata_record(1, PROVIDER, 7, "Tick", fields=(F("n", INT32),), **kwargs)])
 
@@ -71,7 +72,7 @@ def n(value: int) -> bytes:
     return struct.pack("<i", value)
 
 
-def decode(data: bytes, wants=None) -> list:
+def decode(data: bytes, wants=None) -> list[Any]:
     """Decode (checking chunking invariance) and return the real items."""
     outcome = assert_chunking_invariant(data, wants)
     assert outcome.error is None, outcome.error
@@ -82,7 +83,7 @@ def decode(data: bytes, wants=None) -> list:
     return items
 
 
-def events_of(items: list) -> list[Event]:
+def events_of(items: list[Any]) -> list[Event]:
     return [i for i in items if isinstance(i, Event)]
 
 
@@ -113,14 +114,17 @@ def test_minimal_stream() -> None:
 def test_decoder_properties_follow_the_stream() -> None:
     data = one_metadata().end().build()
     decoder = NettraceDecoder()
-    assert (decoder.offset, decoder.trace_info, decoder.ended, decoder.metadata) == (0, None, False, {})
+
+    def state() -> tuple[int, bool, bool, set[int]]:
+        return decoder.offset, decoder.trace_info is not None, decoder.ended, set(decoder.metadata)
+
+    assert state() == (0, False, False, set())
     decoder.feed(data[:40])
-    assert decoder.offset == 32 and decoder.trace_info is None
+    assert state() == (32, False, False, set())
     decoder.feed(data[40:-1])
-    assert decoder.offset == len(data) - 1 and decoder.trace_info is not None
-    assert set(decoder.metadata) == {1} and not decoder.ended
+    assert state() == (len(data) - 1, True, False, {1})
     decoder.feed(data[-1:])
-    assert decoder.ended and decoder.offset == len(data)
+    assert state() == (len(data), True, True, {1})
     decoder.close()
     decoder.close()  # idempotent
     assert decoder.feed(b"") == []
@@ -184,7 +188,7 @@ def test_trace_object_versions_and_order() -> None:
         ({"pointer_size": 2}, "pointer size"),
     ],
 )
-def test_trace_body_is_validated(change: dict, reason: str) -> None:
+def test_trace_body_is_validated(change: dict[str, Any], reason: str) -> None:
     assert reason in error_of(StreamBuilder().trace(**change).end().build())[1]
 
 
@@ -214,8 +218,8 @@ def test_blocks_are_aligned_on_absolute_offsets() -> None:
 
 
 def test_unknown_objects_are_skipped_by_size() -> None:
-    data = one_metadata().block(b"FutureBlock", b"\x05\x01\x06" * 10, version=9, min_version=9)
-    data = data.events(events_in_sequence(1, [n(5)])).end().build()
+    builder = one_metadata().block(b"FutureBlock", b"\x05\x01\x06" * 10, version=9, min_version=9)
+    data = builder.events(events_in_sequence(1, [n(5)])).end().build()
     assert [e.fields for e in events_of(decode(data))] == [{"n": 5}]
 
 
@@ -688,16 +692,16 @@ def test_malformed_sequence_points(content: bytes, reason: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def cpu_items() -> list:
+def cpu_items() -> list[Any]:
     return decode(CPU.read_bytes())
 
 
 @pytest.fixture(scope="module")
-def counter_items() -> list:
+def counter_items() -> list[Any]:
     return decode(COUNTERS.read_bytes())
 
 
-def test_real_counters_capture(counter_items: list) -> None:
+def test_real_counters_capture(counter_items: list[Any]) -> None:
     info = counter_items[0]
     assert isinstance(info, TraceInfo) and info.qpc_frequency == 1_000_000_000 and info.pointer_size == 8
     assert isinstance(counter_items[-1], EndOfStream)
@@ -720,7 +724,7 @@ def test_real_counters_capture(counter_items: list) -> None:
     assert cpu["DisplayName"] == "CPU Usage" and cpu["DisplayUnits"] == "%"
 
 
-def test_real_cpu_capture(cpu_items: list) -> None:
+def test_real_cpu_capture(cpu_items: list[Any]) -> None:
     info = cpu_items[0]
     events = events_of(cpu_items)
     by_name = Counter((e.metadata.provider_name, e.metadata.event_id) for e in events)
@@ -753,7 +757,7 @@ def test_real_cpu_capture(cpu_items: list) -> None:
     assert all(info.sync_time_qpc - 10**9 < e.timestamp <= point.timestamp for e in events)
 
 
-def test_real_capture_round_trips_through_the_builder(cpu_items: list) -> None:
+def test_real_capture_round_trips_through_the_builder(cpu_items: list[Any]) -> None:
     """Re-encode every decoded item with the test encoder (compressed and not) and decode again."""
     metas = [i for i in cpu_items if isinstance(i, EventMetadata)]
     events = events_of(cpu_items)
@@ -765,7 +769,7 @@ def test_real_capture_round_trips_through_the_builder(cpu_items: list) -> None:
         assert [snapshot(e) for e in again] == [snapshot(e) for e in events]
 
 
-def test_real_capture_with_a_selective_wants(cpu_items: list) -> None:
+def test_real_capture_with_a_selective_wants(cpu_items: list[Any]) -> None:
     def wants(meta: EventMetadata) -> bool:
         return meta.provider_name == "Microsoft-DotNETCore-SampleProfiler"
 
@@ -773,8 +777,8 @@ def test_real_capture_with_a_selective_wants(cpu_items: list) -> None:
     assert [snapshot(e) for e in chosen] == [snapshot(e) for e in events_of(cpu_items) if wants(e.metadata)]
 
 
-def test_every_real_payload_with_fields_decodes(cpu_items: list, counter_items: list) -> None:
-    decoded = defaultdict(int)
+def test_every_real_payload_with_fields_decodes(cpu_items: list[Any], counter_items: list[Any]) -> None:
+    decoded: defaultdict[bool, int] = defaultdict(int)
     for e in events_of(cpu_items + counter_items):
         fields = e.fields
         decoded[e.metadata.fields is None] += 1
@@ -798,6 +802,7 @@ def test_decoder_modules_do_no_io() -> None:
     from dnmon_agent.diagnostics import payload
 
     for module in (nettrace, payload):
+        assert module.__file__ is not None
         tree = ast.parse(Path(module.__file__).read_text())
         imported = {
             alias.name.split(".")[0]

@@ -22,7 +22,7 @@ from tests.unit.nettrace_builder import STREAM_HEADER, StreamBuilder, assert_chu
 DATA = Path(__file__).resolve().parent.parent / "data"
 FILES = {"counters": DATA / "counters.nettrace", "cpu": DATA / "cpu_rundown.nettrace"}
 FUZZ = settings(
-    max_examples=120,
+    max_examples=400,
     deadline=5000,  # ms per example: generous, but a hang fails
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=False,
@@ -115,7 +115,7 @@ def test_mutated_cpu_capture(data: bytes) -> None:
     assert run_decoder(data).error == run_decoder(data, wants=lambda m: False).error
 
 
-@settings(max_examples=150, deadline=5000)
+@settings(max_examples=300, deadline=5000)
 @given(st.binary(max_size=600))
 def test_garbage_after_a_valid_trace_object(tail: bytes) -> None:
     data = StreamBuilder().trace().build() + tail
@@ -123,7 +123,7 @@ def test_garbage_after_a_valid_trace_object(tail: bytes) -> None:
     assert_chunking_invariant(data, seeds=1)
 
 
-@settings(max_examples=150, deadline=5000)
+@settings(max_examples=300, deadline=5000)
 @given(st.binary(max_size=64))
 def test_garbage_from_the_first_byte(data: bytes) -> None:
     decode_everything(data)

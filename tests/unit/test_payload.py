@@ -175,7 +175,9 @@ def test_duplicate_names_keep_the_last_value() -> None:
         ),
     ],
 )
-def test_malformed_payloads(fields: tuple, raw: bytes, reason: str, offset: int) -> None:
+def test_malformed_payloads(
+    fields: tuple[FieldDescriptor, ...], raw: bytes, reason: str, offset: int
+) -> None:
     with pytest.raises(NettraceError) as caught:
         decode_payload(meta(*fields), raw)
     assert reason in caught.value.reason
@@ -190,10 +192,10 @@ def test_unsupported_layouts_are_nettrace_errors() -> None:
 
 
 def test_decoders_are_compiled_once_per_layout(monkeypatch: pytest.MonkeyPatch) -> None:
-    compiled: list[tuple] = []
+    compiled: list[tuple[FieldDescriptor, ...]] = []
     original = payload.compile_fields
 
-    def counting(fields: tuple) -> Any:
+    def counting(fields: tuple[FieldDescriptor, ...]) -> Any:
         compiled.append(fields)
         return original(fields)
 
@@ -243,7 +245,7 @@ def _value(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     code = field.type_code
     simple: dict[int, st.SearchStrategy[Any]] = {
         T.BOOLEAN: st.booleans(),
-        T.CHAR: st.characters(max_codepoint=0xFFFF, exclude_categories=("Cs",)),
+        T.CHAR: st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"]),
         T.SBYTE: st.integers(-128, 127),
         T.BYTE: st.integers(0, 255),
         T.INT16: st.integers(-(2**15), 2**15 - 1),
@@ -259,7 +261,7 @@ def _value(field: FieldDescriptor) -> st.SearchStrategy[Any]:
         ),
         T.DATETIME: st.datetimes(min_value=datetime(1601, 1, 1), timezones=st.just(UTC)),
         T.GUID: st.uuids(),
-        T.STRING: st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12),
+        T.STRING: st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12),
     }
     if code in simple:
         return simple[code]

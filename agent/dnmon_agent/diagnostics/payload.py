@@ -35,7 +35,7 @@ _by_metadata: dict[int, tuple[EventMetadata, Decoder]] = {}
 _by_layout: dict[tuple[FieldDescriptor, ...], Decoder] = {}
 
 
-def decode_payload(metadata: EventMetadata, payload: bytes) -> dict[str, Any]:
+def decode_payload(metadata: EventMetadata, payload: bytes | bytearray | memoryview) -> dict[str, Any]:
     """The payload's fields by name; ``{}`` when the metadata describes no fields."""
     if metadata.fields is None:
         return {}
