@@ -181,3 +181,24 @@ def test_errors_are_one_line_and_non_zero(dotnet_target: StartTarget, tmp_path: 
     dotnet_target("Sleeper.cs", "60", env={"TMPDIR": str(tmp_path)})
     several = dnmon("capture", "metrics", "--duration", "1", env=isolated)
     assert several.returncode == 1 and b"no default process: 2 .NET processes" in several.stderr
+
+
+def test_netcore31_counters_and_trace(dotnet_target: StartTarget, tmp_path: Path) -> None:
+    target = dotnet_target("Metrics.cs", "metrics", runtime="netcore31", ready_line=None)
+    body = tmp_path / "body.json"
+    body.write_text(
+        json.dumps({"includeDefaultProviders": False, "providers": [{"providerName": "CustomProvider"}]})
+    )
+    result = dnmon("capture", "metrics", "--pid", str(target.pid), "--duration", "4", "--interval", "1",
+                   "--body", str(body))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = list(iter_json_seq(result.stdout))
+    counter1 = [r["value"] for r in records if r["name"] == "counter1"]
+    assert len(counter1) >= 2 and set(counter1) == {3}  # no empty echo samples
+    assert {r["value"] for r in records if r["name"] == "polled"} == {42.5}
+    out = tmp_path / "31.nettrace"
+    traced = dnmon("capture", "trace", "--pid", str(target.pid), "--duration", "2", "-o", str(out))
+    assert traced.returncode == 0, traced.stderr
+    items = decode_file(out)
+    assert isinstance(items[-1], EndOfStream)
+    assert any(isinstance(i, Event) and i.metadata.provider_name.endswith("Rundown") for i in items)

@@ -207,16 +207,14 @@ class Metrics
             writeCounter1(3);        // Mean 3 in every interval
             writeCounter2(126);      // Mean 126
             incrementRequests(5);    // ~50 per 1 s interval
-            if (meter == null)
+            if (meter != null)       // null on runtimes without Meter
             {
-                goto wait;
+                addMyCounter(2);     // rate ~20 per 1 s interval
+                recordHistogram(42); // every quantile is 42
+                addUpDown(3);        // net +2 per tick
+                addUpDown(-1);
+                addTagged(1, route); // tags "route=/a"
             }
-            addMyCounter(2);         // rate ~20 per 1 s interval
-            recordHistogram(42);     // every quantile is 42
-            addUpDown(3);            // net +2 per tick
-            addUpDown(-1);
-            addTagged(1, route);     // tags "route=/a"
-        wait:
             long wait = tick * 100 - clock.ElapsedMilliseconds;
             if (wait > 0)
             {

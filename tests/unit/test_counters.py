@@ -644,3 +644,13 @@ def test_sinks() -> None:
     assert all(chunk.startswith(b"\x1e") and chunk.endswith(b"}\n") for chunk in chunks)
     with pytest.raises(ValueError):
         memory.write(records[0])
+
+
+def test_samples_covering_a_sliver_of_the_interval_are_dropped() -> None:
+    # .NET Core 3.1: a flush at enable time and an empty echo after each sample, IntervalSec ~ms.
+    counters = pipeline({"includeDefaultProviders": False, "providers": [{"providerName": "CustomProvider"}]})
+    echo = mean(Mean=0.0, Count=0, Min=float("inf"), Max=float("-inf"), IntervalSec=0.004)
+    assert counters.handle(counter_event(**echo)) == []
+    assert counters.handle(counter_event(**total(Increment=0.0, IntervalSec=0.02))) == []
+    kept = counters.handle(counter_event(**mean(IntervalSec=4.2)))
+    assert [m.value for m in kept] == [3.0]

@@ -176,14 +176,18 @@ def _first_wanted(blk: bytes, p: int, n: int, table: dict[int, EventMetadata | N
                 p = _skip_varint(blk, p, 5)
                 p = _skip_varint(blk, p, 10)
                 p = _skip_varint(blk, p, 5)
-            if f & 4:
+            if f & 4:  # thread ids and stack ids: mostly 1-2 bytes
                 if blk[p] < 0x80:
                     p += 1
+                elif blk[p + 1] < 0x80:
+                    p += 2
                 else:
                     p = _skip_varint(blk, p, 10)
             if f & 8:
                 if blk[p] < 0x80:
                     p += 1
+                elif blk[p + 1] < 0x80:
+                    p += 2
                 else:
                     p = _skip_varint(blk, p, 5)
             if blk[p] > 0x7F:  # timestamp delta: nearly always several bytes
@@ -711,11 +715,14 @@ class NettraceDecoder:
                         proc, p = uvarint32(blk, p)
                 elif mid:
                     seq += 1
-                if f & 4:
+                if f & 4:  # thread ids and stack ids: mostly 1-2 bytes
                     b = blk[p]
                     if b < 0x80:
                         p += 1
                         tid = b
+                    elif blk[p + 1] < 0x80:
+                        tid = (b & 0x7F) | blk[p + 1] << 7
+                        p += 2
                     else:
                         tid, p = uvarint64(blk, p)
                 if f & 8:
@@ -723,6 +730,9 @@ class NettraceDecoder:
                     if b < 0x80:
                         p += 1
                         stack = b
+                    elif blk[p + 1] < 0x80:
+                        stack = (b & 0x7F) | blk[p + 1] << 7
+                        p += 2
                     else:
                         stack, p = uvarint32(blk, p)
                 b = blk[p]  # timestamp delta: mostly 2-3 bytes, so those are unrolled

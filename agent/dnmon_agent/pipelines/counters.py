@@ -135,6 +135,10 @@ def _metrics_event_id(metadata: EventMetadata) -> int | None:
 # --- notices ---------------------------------------------------------------------------------
 
 
+PARTIAL_INTERVAL_FRACTION = 0.25
+"""Samples whose IntervalSec is below this share of the requested interval are dropped."""
+
+
 class NoticeKind(StrEnum):
     TARGET_ERROR = "TargetError"
     TIME_SERIES_LIMIT = "TimeSeriesLimitReached"
@@ -319,6 +323,8 @@ class CountersPipeline:
             return []
         if not self._our_series(payload.get("Series")):
             return []  # another session's interval (the source serves the smallest to everybody)
+        if self._partial_interval(payload.get("IntervalSec")):
+            return []
         shape = payload.get("CounterType")
         counter_type: CounterType
         if shape == "Mean":
@@ -348,6 +354,16 @@ class CountersPipeline:
                 metadata=parse_counter_metadata(metadata_text),
             )
         ]
+
+    def _partial_interval(self, interval_sec: Any) -> bool:
+        """A sample covering a sliver of the interval is a runtime artefact, not a measurement.
+
+        .NET Core 3.1 flushes every counter at enable time and, after each real sample, sends an
+        empty one a few milliseconds later (Count 0, Mean 0, Min +inf) — both with IntervalSec
+        of a few ms. Reporting them would show every counter dropping to 0 once per interval.
+        """
+        seconds = _number(interval_sec)
+        return seconds is not None and seconds < self.interval_seconds * PARTIAL_INTERVAL_FRACTION
 
     def _our_series(self, series: Any) -> bool:
         if not isinstance(series, str) or series[:9].lower() != "interval=":
