@@ -132,8 +132,18 @@ def _process_summary(processes: list[dict[str, Any]]) -> str:
 
 
 def resolve_agent(services: Services, query: ProcessQuery) -> tuple[AgentRecord, dict[str, Any] | None]:
-    """The agent to ask, and the process it last reported that matches (None: default-process rule)."""
-    agents = services.registry.agents()
+    """The agent to ask, and the process it last reported that matches (None: default-process rule).
+
+    The cached view of the registry serves the usual request; when it cannot, the registry is
+    read again before the request is refused (an agent or a process may have just appeared).
+    """
+    try:
+        return _resolve(services.agents(), query)
+    except Problem:
+        return _resolve(services.agents(refresh=True), query)
+
+
+def _resolve(agents: list[AgentRecord], query: ProcessQuery) -> tuple[AgentRecord, dict[str, Any] | None]:
     if not agents:
         raise Problem(400, "No dnmon agent is registered and alive: start `dnmon agent` on the host.")
     if query.host is not None:

@@ -22,7 +22,7 @@ def _version() -> str:
 
 @router.get("/info")
 def get_info() -> Response[str]:
-    agents = services().registry.agents()
+    agents = services().agents(refresh=True)
     body = {
         "version": _version(),
         "diagnosticPortMode": "Listen",

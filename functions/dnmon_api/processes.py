@@ -31,7 +31,7 @@ def _json(payload: Any) -> Response[str]:
 def list_processes() -> Response[str]:
     params = query(router)
     host = params.get("host")
-    agents = [a for a in services().registry.agents() if host is None or host in (a.host_name, a.agent_id)]
+    agents = [a for a in services().agents(refresh=True) if host is None or host in (a.host_name, a.agent_id)]
     entries = [(a, p) for a in agents for p in a.processes]
     single = len(entries) == 1
     return _json(

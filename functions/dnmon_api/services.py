@@ -7,6 +7,7 @@ point the environment at moto before the first call.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -15,8 +16,9 @@ import boto3
 from botocore.config import Config
 
 from dnmon_core.config import ServiceSettings
-from dnmon_core.store import AgentRegistry, OperationStore, ReplyStore
+from dnmon_core.store import AgentRecord, AgentRegistry, OperationStore, ReplyStore
 
+AGENT_CACHE_SECONDS = 5.0
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, signature_version="s3v4")
 
 
@@ -24,6 +26,7 @@ _CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, signature_vers
 class Services:
     settings: ServiceSettings
     session: boto3.Session = field(default_factory=boto3.Session)
+    _agents: tuple[float, list[AgentRecord]] | None = None
 
     @cached_property
     def table(self) -> Any:
@@ -36,6 +39,15 @@ class Services:
     @cached_property
     def registry(self) -> AgentRegistry:
         return AgentRegistry(self.table, max_silence=self.settings.agent_max_silence_seconds)
+
+    def agents(self, *, refresh: bool = False) -> list[AgentRecord]:
+        """Alive agents, re-read at most every few seconds: a warm function saves a Query per
+        request, and agents heartbeat far less often than that anyway. Callers refresh when the
+        cached view cannot serve a request (an agent or process that may have just appeared)."""
+        now = time.monotonic()
+        if refresh or self._agents is None or now - self._agents[0] > AGENT_CACHE_SECONDS:
+            self._agents = (now, self.registry.agents())
+        return self._agents[1]
 
     @cached_property
     def replies(self) -> ReplyStore:

@@ -16,6 +16,7 @@ operation not being claimed by another agent. No read-then-write races.
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -180,7 +181,9 @@ class OperationStore:
     def reserve_slot(self, kind: ArtifactKind, operation_id: uuid.UUID, lease_seconds: float) -> int | None:
         """Take a free slot of ``kind`` (or one whose holder's lease ran out); None when all are held."""
         now = self.clock()
-        for index in range(self.limits.get(kind, 1)):
+        limit = self.limits.get(kind, 1)
+        first = random.randrange(limit)  # spread probes: one PutItem is usually enough
+        for index in ((first + i) % limit for i in range(limit)):
             try:
                 self.table.put_item(
                     Item={

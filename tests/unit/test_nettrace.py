@@ -537,7 +537,7 @@ def test_sequence_numbers_wrap_modulo_2_32() -> None:
     assert [e.sequence_number for e in events] == [M32 - 1, M32, 0, 1]
 
 
-def test_metadata_blobs_look_like_the_runtime_s() -> None:
+def test_metadata_blob_headers_match_the_runtime() -> None:
     # 8.0.4 metadata blobs: flags 0xC6, seq delta 0xFFFFFFFF (net 0), capture 0, proc 0xFFFFFFFF.
     content = blob_block([Blob(0, metadata_record(1, "P", fields=()), 0, 0, M32, 42, 0, 5, sorted=True)])
     real = COUNTERS.read_bytes()
@@ -817,7 +817,7 @@ def test_decoder_modules_do_no_io() -> None:
         assert not imported & {"socket", "asyncio", "boto3", "os", "io", "selectors"}
 
 
-def test_events_are_immutable_enough_to_share() -> None:
+def test_fields_are_decoded_once() -> None:
     data = one_metadata().events(events_in_sequence(1, [n(1)])).end().build()
     (event,) = events_of(decode(data))
     assert event.fields is event.fields  # decoded once

@@ -102,8 +102,9 @@ def _too_long(data: bytes, start: int, limit: int) -> _BadVarint:
     The scan pass finds a varint's end first and checks its length after; deciding the same way
     here keeps both passes reporting the same error at the same offset.
     """
-    if _CONTINUATION_RUN.match(data, start).end() >= len(data):  # type: ignore[union-attr]
-        raise IndexError(start)
+    run = _CONTINUATION_RUN.match(data, start)  # ``*``: always matches
+    if run is None or run.end() >= len(data):
+        raise IndexError(start)  # reported as an overrun, like the scan pass does
     return _BadVarint(start, limit)
 
 
@@ -901,7 +902,7 @@ def _compressed_payloads(blk: bytes, p: int, base: int) -> list[tuple[int, int]]
             if f & 128:
                 psize, p = _uvarint32(blk, p)
             if p + psize > n:
-                raise IndexError(p)
+                raise NettraceError("event blob runs past the end of its block", base + s)
             spans.append((p, p + psize))
             p += psize
     except IndexError:
