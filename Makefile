@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test lint unit integration bench venv mcs clean
+.PHONY: up test lint bench venv tools clean
+UP_ARGS ?=
 
 venv: $(STAMP)
 
@@ -16,25 +17,35 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps 'dotnetcore2==3.1.23'
 	touch $(STAMP)
 
-# Mono's C# compiler builds the test and demo apps (they run on the real .NET runtime).
-mcs:
-	@command -v mcs >/dev/null || { \
+# Mono's C# compiler builds the test and demo apps (they run on the real .NET runtime);
+# curl and jq run the README's examples.
+tools:
+	@missing=""; \
+	command -v mcs >/dev/null || missing="$$missing mono-mcs"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v jq >/dev/null || missing="$$missing jq"; \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mono-mcs >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check agent functions tests benchmarks
 	$(BIN)/ruff format --check agent functions tests benchmarks
 	$(BIN)/mypy agent/dnmon_agent functions/dnmon_core functions/dnmon_api
 
-test: venv mcs lint
+test: venv tools lint
 	$(BIN)/pytest -q
 
-up: venv mcs
-	$(BIN)/dnmon up --sample-app
+up: venv tools
+	$(BIN)/dnmon up --sample-app $(UP_ARGS)
 
-bench: venv mcs
-	$(BIN)/python -m benchmarks.run
+bench: venv tools
+	$(BIN)/python -m benchmarks.bench_decoder
+	$(BIN)/python -m benchmarks.bench_livemetrics_cpu
+	$(BIN)/python -m benchmarks.bench_passthrough
+	$(BIN)/python -m benchmarks.bench_api
+	$(BIN)/python -m benchmarks.bench_agent
 
 clean:
 	rm -rf $(VENV) .dnmon-cache .pytest_cache .mypy_cache .ruff_cache

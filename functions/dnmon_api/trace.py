@@ -23,9 +23,7 @@ def _run(configuration: dict[str, Any], profile: str | None = None) -> Response[
     capture_query = captures.parse_capture_query(query(router), svc)
     record = captures.start_capture(svc, ArtifactKind.TRACE, capture_query, configuration, profile)
     location = captures.location_of(base_url(router), record.operation_id)
-    if capture_query.egress_provider is not None:
-        return captures.accepted(location)
-    return captures.finish_inline(svc, record, capture_query, location)
+    return captures.respond(svc, record, capture_query, location)
 
 
 @router.post("/trace")

@@ -11,6 +11,7 @@
 | ``DNMON_AGENT_MAX_SILENCE_SECONDS`` | an agent silent for longer is not alive | 90 |
 | ``DNMON_CLAIM_SECONDS`` | how long a job may wait for its agent's claim before it fails | 60 |
 | ``DNMON_COUNTER_INTERVAL_SECONDS`` | live-metrics interval (``GlobalCounter:IntervalSeconds``) | 5 |
+| ``DNMON_STREAM_INGEST_URL`` | local stack only: where artifacts without egress stream | unset |
 
 Egress providers: name → ``{"type": "s3", "bucketName", "prefix", "kmsKeyId", "preSignedUrlExpiry"}``
 or ``{"type": "filesystem", "directoryPath"}`` (option names case-insensitive, as in dotnet-monitor).
@@ -27,6 +28,9 @@ from datetime import timedelta
 from .operations import ArtifactKind, EgressTarget
 
 INLINE_LIMIT = 4 << 20  # a buffered Lambda response is 6 MB after base64 (aws-facts.md)
+STREAM_HEADER = "X-Dnmon-Stream-Operation"
+"""Response header by which the API function tells the local gateway: stream this operation's
+artifact as the body (Lambda's Python runtime cannot stream; the local gateway can)."""
 
 
 class ConfigurationError(ValueError):
@@ -119,6 +123,7 @@ class ServiceSettings:
     claim_seconds: float = 60.0
     counter_interval_seconds: float = 5.0
     presign_expiry: timedelta = timedelta(minutes=15)
+    stream_ingest_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -141,6 +146,7 @@ class ServiceSettings:
                 agent_max_silence_seconds=float(env.get("DNMON_AGENT_MAX_SILENCE_SECONDS", "90")),
                 claim_seconds=float(env.get("DNMON_CLAIM_SECONDS", "60")),
                 counter_interval_seconds=float(env.get("DNMON_COUNTER_INTERVAL_SECONDS", "5")),
+                stream_ingest_url=env.get("DNMON_STREAM_INGEST_URL") or None,
             )
         except ValueError as exc:
             if isinstance(exc, ConfigurationError):

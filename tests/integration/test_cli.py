@@ -53,7 +53,7 @@ def test_processes_local_lists_the_target(dotnet_target: StartTarget) -> None:
 
 
 def test_capture_metrics_custom_providers_and_meter(dotnet_target: StartTarget, tmp_path: Path) -> None:
-    target = dotnet_target("Metrics.cs", "metrics")
+    target = dotnet_target("DemoApp.cs", "metrics")
     body = tmp_path / "body.json"
     body.write_text(json.dumps(SEED_COUNTERS_BODY))
     result = dnmon("capture", "metrics", "--pid", str(target.pid), "--duration", "5", "--interval", "1",
@@ -105,7 +105,7 @@ def test_capture_metrics_custom_providers_and_meter(dotnet_target: StartTarget, 
 
 
 def test_capture_trace_cpu_profile_stops_gracefully(dotnet_target: StartTarget, tmp_path: Path) -> None:
-    target = dotnet_target("Metrics.cs", "cpu")
+    target = dotnet_target("DemoApp.cs", "cpu")
     out = tmp_path / "cpu.nettrace"
     result = dnmon("capture", "trace", "--pid", str(target.pid), "--duration", "3", "-o", str(out))
     assert result.returncode == 0, result.stderr
@@ -121,7 +121,7 @@ def test_capture_trace_cpu_profile_stops_gracefully(dotnet_target: StartTarget, 
 def test_sigint_ends_an_indefinite_trace_with_a_valid_file(
     dotnet_target: StartTarget, tmp_path: Path
 ) -> None:
-    target = dotnet_target("Metrics.cs", "cpu")
+    target = dotnet_target("DemoApp.cs", "cpu")
     out = tmp_path / "forever.nettrace"
     proc = subprocess.Popen(
         [sys.executable, "-m", "dnmon_agent.cli", "capture", "trace", "--pid", str(target.pid),
@@ -142,7 +142,7 @@ def test_sigint_ends_an_indefinite_trace_with_a_valid_file(
 def test_target_killed_mid_capture_keeps_the_bytes_and_fails(
     dotnet_target: StartTarget, tmp_path: Path
 ) -> None:
-    target = dotnet_target("Metrics.cs", "cpu")
+    target = dotnet_target("DemoApp.cs", "cpu")
     out = tmp_path / "cut.nettrace"
     proc = subprocess.Popen(
         [sys.executable, "-m", "dnmon_agent.cli", "capture", "trace", "--pid", str(target.pid),
@@ -184,7 +184,7 @@ def test_errors_are_one_line_and_non_zero(dotnet_target: StartTarget, tmp_path: 
 
 
 def test_netcore31_counters_and_trace(dotnet_target: StartTarget, tmp_path: Path) -> None:
-    target = dotnet_target("Metrics.cs", "metrics", runtime="netcore31", ready_line=None)
+    target = dotnet_target("DemoApp.cs", "metrics", runtime="netcore31", ready_line=None)
     body = tmp_path / "body.json"
     body.write_text(
         json.dumps({"includeDefaultProviders": False, "providers": [{"providerName": "CustomProvider"}]})

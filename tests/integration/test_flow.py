@@ -93,7 +93,7 @@ def assert_cpu_trace(data: bytes) -> None:
 
 
 def test_trace_to_s3_egress(aws_stack: AwsStack, start_agent: Any, dotnet_target: StartTarget) -> None:
-    target = dotnet_target("Metrics.cs", "cpu")
+    target = dotnet_target("DemoApp.cs", "cpu")
     start_agent()
     response = call(
         "POST", "/trace", query={"pid": str(target.pid), "durationSeconds": "2", "egressProvider": "s3",
@@ -117,7 +117,7 @@ def test_trace_to_s3_egress(aws_stack: AwsStack, start_agent: Any, dotnet_target
 def test_livemetrics_inline_json_seq(
     aws_stack: AwsStack, start_agent: Any, dotnet_target: StartTarget
 ) -> None:
-    target = dotnet_target("Metrics.cs", "metrics")
+    target = dotnet_target("DemoApp.cs", "metrics")
     start_agent()
     provider = {"providerName": "CustomProvider", "counterNames": ["counter1", "counter2"]}
     body = {"includeDefaultProviders": False, "providers": [provider]}
@@ -199,7 +199,7 @@ def test_duplicate_delivery_runs_one_capture(
 def test_stop_indefinite_trace_and_cancel(
     aws_stack: AwsStack, start_agent: Any, dotnet_target: StartTarget
 ) -> None:
-    target = dotnet_target("Metrics.cs", "cpu")
+    target = dotnet_target("DemoApp.cs", "cpu")
     start_agent()
     query = {"pid": str(target.pid), "durationSeconds": "-1", "egressProvider": "s3"}
     response = call("POST", "/trace", query=query, body=CPU_BODY)

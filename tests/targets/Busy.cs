@@ -33,7 +33,7 @@ class Busy
             text.Clear();
             text.Append("item-").Append(i++);
             keep.Add(text.ToString());
-            keep.Add(new byte[64 + (i % 512)]);
+            keep.Add(new byte[64 + (i & 511)]); // a mask stays positive when i wraps
             if (keep.Count > 20000)
             {
                 keep.Clear();

@@ -1,12 +1,14 @@
-// Metrics target: publishes EventCounters and System.Diagnostics.Metrics instruments whose names,
-// units and values are known exactly, so tests can assert on what a diagnostics session receives.
+// dnmon's demo app (`dnmon up --sample-app`) and the tests' metrics target: publishes EventCounters
+// and System.Diagnostics.Metrics instruments whose names, units and values are known exactly, so
+// both a newcomer and the tests can tell what a diagnostics session receives.
 //
 // Usage:
-//   Metrics [metrics [seconds]]  (default) counters + meter, ticking every 100 ms; runs until killed,
+//   DemoApp [metrics [seconds]]  (default) counters + meter, ticking every 100 ms; runs until killed,
 //                                or for <seconds> then exits 0.
-//   Metrics cpu [seconds]        a thread computing Fibonacci recursively forever plus a thread
+//   DemoApp cpu [seconds]        a thread computing Fibonacci recursively forever plus a thread
 //                                allocating short-lived arrays (so GCs happen); until killed/seconds.
-//   Metrics exit N               exits with code N after N seconds (a target ending mid-capture).
+//   DemoApp demo [seconds]       both of the above at once: what `dnmon up --sample-app` runs.
+//   DemoApp exit N               exits with code N after N seconds (a target ending mid-capture).
 // Prints "ready" once everything is set up. tests/targets/README.md lists the exact values.
 //
 // Built with Mono's mcs against Mono's mscorlib but run on .NET 8: EventCounter & co. and Meter
@@ -63,13 +65,21 @@ class Metrics
                 new Thread(Compute) { IsBackground = true, Name = "fib" }.Start();
                 new Thread(Allocate) { IsBackground = true, Name = "alloc" }.Start();
                 return Run(args);
+            case "demo":
+                // dnmon up --sample-app: every metric kind, plus CPU and allocation work to trace.
+                SetUpEventCounters();
+                SetUpMeter();
+                new Thread(Tick) { IsBackground = true, Name = "metrics-tick" }.Start();
+                new Thread(Compute) { IsBackground = true, Name = "fib" }.Start();
+                new Thread(Allocate) { IsBackground = true, Name = "alloc" }.Start();
+                return Run(args);
             case "exit":
                 int code = int.Parse(args[1]);
                 Console.WriteLine("ready");
                 Thread.Sleep(TimeSpan.FromSeconds(code));
                 return code;
             default:
-                Console.WriteLine("unknown mode " + mode + " (metrics | cpu | exit N)");
+                Console.WriteLine("unknown mode " + mode + " (metrics | cpu | demo | exit N)");
                 return 64;
         }
     }
