@@ -112,6 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, required=True, metavar="FILE", help="the .nettrace to write"
     )
 
+    up = commands.add_parser("up", help="the embedded local stack: moto, the API on loopback, one agent")
+    up.add_argument("--port", type=int, default=52323, help="API port on 127.0.0.1 (default 52323)")
+    up.add_argument("--no-auth", action="store_true", help="turn authentication off (says so loudly)")
+    up.add_argument(
+        "--sample-app", action="store_true", help="also run the demo .NET app (examples/DemoApp.cs)"
+    )
+    up.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="the 'local' egress directory")
+    up.add_argument(
+        "--interval", type=_interval, default=5.0, metavar="SECONDS", help="live-metrics interval"
+    )
+
+    key = commands.add_parser(
+        "generatekey", help="make a MonitorApiKey and the configuration that accepts it"
+    )
+    key.add_argument("-o", "--output", default="Text", help="Text (default), Json, Shell or MachineJson")
+    key.add_argument("--subject", help="the key's subject (default: a new GUID)")
+    key.add_argument("--expiration-days", type=float, default=7.0, metavar="DAYS", help="default 7")
+
     agent = commands.add_parser(
         "agent", help="run the on-host agent (DNMON_* environment, AWS credential chain)"
     )
@@ -245,6 +263,41 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generatekey(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from dnmon_core.apikey import generate_key
+
+    if not args.expiration_days > 0:
+        raise CliError("--expiration-days must be positive", EXIT_USAGE)
+    generated = generate_key(subject=args.subject, expiry=timedelta(days=args.expiration_days))
+    try:
+        print(generated.render(args.output))
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import logging
+
+    from .local.dotnet import DotnetUnavailable
+    from .local.stack import StackOptions, UpError, run
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = StackOptions(
+        port=args.port,
+        auth=not args.no_auth,
+        sample_app=args.sample_app,
+        artifacts=args.artifacts,
+        interval_seconds=args.interval,
+    )
+    try:
+        return run(options)
+    except (UpError, DotnetUnavailable) as exc:
+        raise CliError(str(exc)) from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
@@ -252,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("capture", "metrics"): cmd_capture_metrics,
         ("capture", "trace"): cmd_capture_trace,
         ("agent", None): cmd_agent,
+        ("up", None): cmd_up,
+        ("generatekey", None): cmd_generatekey,
     }
     handler = handlers[(args.command, getattr(args, "kind", None))]
     try:
