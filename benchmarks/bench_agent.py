@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -33,7 +32,8 @@ from moto.server import ThreadedMotoServer
 from tests.apigw import FakeContext, header, rest_event
 from tests.dotnet import DotnetTarget
 
-OUT = Path(__file__).resolve().parent / "out"
+from benchmarks._results import save
+
 VERBOSE = {
     "Providers": [
         {"Name": "Microsoft-DotNETCore-SampleProfiler"},
@@ -162,10 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load": load,
         "goals": {"idle_rss_mb": 64, "idle_cpu_percent": 0.2, "peak_rss_mb": 96},
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / "agent.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    return save("agent", result)
 
 
 if __name__ == "__main__":

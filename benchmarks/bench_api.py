@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -33,7 +32,8 @@ from botocore.client import BaseClient
 from moto.server import ThreadedMotoServer
 from tests.apigw import FakeContext, header, rest_event
 
-OUT = Path(__file__).resolve().parent / "out"
+from benchmarks._results import save
+
 BODY = {"Providers": [{"Name": "Microsoft-Windows-DotNETRuntime", "Keywords": "0x1"}]}
 
 
@@ -167,10 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "aws_operations_post_trace_example": post_calls[-1],
         "goal_aws_requests_post_trace": 4,
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / "api.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    return save("api", result)
 
 
 if __name__ == "__main__":

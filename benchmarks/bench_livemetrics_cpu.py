@@ -11,18 +11,17 @@ done) and the end. Goal: below 1 % of one core. Writes ``benchmarks/out/livemetr
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
 from tests.dotnet import DotnetTarget
 
-OUT = Path(__file__).resolve().parent / "out"
+from benchmarks._results import save
+
 WARMUP = 5.0
 
 
@@ -61,10 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if proc.returncode != 0:
         raise SystemExit(f"capture failed: {err.decode()}")
-    OUT.mkdir(exist_ok=True)
-    (OUT / "livemetrics_cpu.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    return result
+    return save("livemetrics_cpu", result)
 
 
 if __name__ == "__main__":

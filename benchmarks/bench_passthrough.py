@@ -15,21 +15,19 @@ from session start to EOF; our own process CPU is reported too. Writes ``benchma
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
 from tests.dotnet import DotnetTarget
 
+from benchmarks._results import save
 from dnmon_agent.diagnostics.client import DiagnosticsClient
 from dnmon_agent.diagnostics.ipc import EventPipeProvider, SessionConfiguration
 from dnmon_agent.pipelines.runner import StopControl, run_trace
 
-OUT = Path(__file__).resolve().parent / "out"
 CONFIG = SessionConfiguration(
     providers=(
         EventPipeProvider("Microsoft-DotNETCore-SampleProfiler", 0, 5),
@@ -97,8 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_dnmon_vs_raw": round(median["dnmon"] / median["raw"], 3),
         "goal_ratio": 0.95,
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / "passthrough.json").write_text(json.dumps(result, indent=2))
+    save("passthrough", result, show=False)
     print("| session | median MB/s | MB per session | our CPU s per session |")
     print("|---|---|---|---|")
     for kind, values in runs.items():

@@ -36,8 +36,9 @@ class Metrics
     static CustomEventSource source;
     static object counter1, counter2, requests, polled;
     static object meter;
-#pragma warning disable 414 // myGauge is only held, never read: its callback is what matters
-    static object myCounter, myHistogram, myUpDown, myGauge, taggedCounter;
+#pragma warning disable 414 // the observable instruments are only held: their callbacks are what matter
+    static object myCounter, myHistogram, myUpDown, myGauge, taggedCounter, myObservableCounter, myObservableUpDown;
+    static double observedTotal;
 #pragma warning restore 414
 
     // Typed delegates bound once at setup, so a wrong overload fails before "ready" is printed.
@@ -159,7 +160,12 @@ class Metrics
         myHistogram = Create(meterType, "CreateHistogram", typeof(double), "myHistogram", "ms", null);
         myUpDown = Create(meterType, "CreateUpDownCounter", typeof(long), "myUpDown", "{items}", null);
         taggedCounter = Create(meterType, "CreateCounter", typeof(long), "taggedCounter", null, null);
-        myGauge = CreateObservableGauge(meterType, "myGauge", "MB", new Func<double>(() => 21.5));
+        myGauge = CreateObservable(meterType, "CreateObservableGauge", "myGauge", "MB", () => 21.5);
+        // Observed once per interval: the absolute total grows by 7 each time, so its rate is 7.
+        myObservableCounter = CreateObservable(meterType, "CreateObservableCounter", "myObservableCounter", "{ops}",
+            () => observedTotal += 7);
+        myObservableUpDown = CreateObservable(meterType, "CreateObservableUpDownCounter", "myObservableUpDown",
+            "{connections}", () => 5);
 
         addMyCounter = Bind<Action<long>>(myCounter, "Add", typeof(long));
         recordHistogram = Bind<Action<double>>(myHistogram, "Record", typeof(double));
@@ -180,14 +186,14 @@ class Metrics
         return definition.MakeGenericMethod(valueType).Invoke(meter, new object[] { name, unit, description });
     }
 
-    // CreateObservableGauge<T> has overloads taking Func<T>, Func<Measurement<T>> and
-    // Func<IEnumerable<Measurement<T>>> (each with and without tags): pick
-    // (string name, Func<T> observeValue, string unit, string description).
-    static object CreateObservableGauge(Type meterType, string name, string unit, Func<double> observe)
+    // CreateObservable{Gauge,Counter,UpDownCounter}<T> have overloads taking Func<T>,
+    // Func<Measurement<T>> and Func<IEnumerable<Measurement<T>>> (each with and without tags):
+    // pick (string name, Func<T> observeValue, string unit, string description).
+    static object CreateObservable(Type meterType, string method, string name, string unit, Func<double> observe)
     {
         MethodInfo definition = meterType.GetMethods().Single(m =>
         {
-            if (m.Name != "CreateObservableGauge" || !m.IsGenericMethodDefinition)
+            if (m.Name != method || !m.IsGenericMethodDefinition)
             {
                 return false;
             }

@@ -20,11 +20,10 @@ from typing import Any
 
 import pytest
 
-from dnmon_agent.diagnostics.events import EndOfStream, Event
-from dnmon_agent.diagnostics.nettrace import NettraceDecoder
 from dnmon_agent.local.stack import SEED_LIVEMETRICS_BODY, SEED_TRACE_BODY
 from dnmon_core.models import iter_json_seq
 from tests.conftest import StartTarget
+from tests.traces import assert_cpu_trace
 
 pytestmark = pytest.mark.dotnet
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,20 +120,6 @@ def up() -> Iterator[Up]:
     yield stack
     stop_up(stack)
     assert stack.process.returncode == 0
-
-
-def decode(data: bytes) -> list[object]:
-    decoder = NettraceDecoder()
-    items = decoder.feed(data)
-    decoder.close()
-    return items
-
-
-def assert_cpu_trace(data: bytes) -> None:
-    items = decode(data)
-    assert isinstance(items[-1], EndOfStream)
-    providers = {i.metadata.provider_name for i in items if isinstance(i, Event)}
-    assert {"Microsoft-DotNETCore-SampleProfiler", "Microsoft-Windows-DotNETRuntimeRundown"} <= providers
 
 
 def test_banner_has_a_key_and_both_seed_requests(up: Up) -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from dnmon_agent.diagnostics.events import EndOfStream, Event
+from dnmon_agent.diagnostics.events import EndOfStream, Event, NettraceItem
 from dnmon_agent.diagnostics.nettrace import NettraceDecoder
 from dnmon_core.models import iter_json_seq
 from tests.conftest import StartTarget
+from tests.traces import decode
 
 pytestmark = pytest.mark.dotnet
 
@@ -32,11 +33,8 @@ def dnmon(*args: str, timeout: float = 120, **kwargs: object) -> subprocess.Comp
     )
 
 
-def decode_file(path: Path) -> list[object]:
-    decoder = NettraceDecoder()
-    items = decoder.feed(path.read_bytes())
-    decoder.close()
-    return items
+def decode_file(path: Path) -> list[NettraceItem]:
+    return decode(path.read_bytes())
 
 
 def test_processes_local_lists_the_target(dotnet_target: StartTarget) -> None:
@@ -101,6 +99,11 @@ def test_capture_metrics_custom_providers_and_meter(dotnet_target: StartTarget, 
     updown = [float(r["value"]) for r in by_name["myUpDown"]]
     assert updown == sorted(updown) and updown[-1] > updown[0]
     assert {r["tags"] for r in by_name.get("taggedCounter", [])} <= {"route=/a"}
+    # observable instruments: the counter's total grows by 7 per observation, the up-down stays at 5
+    assert {(r["counterType"], r["value"]) for r in by_name["myObservableCounter"]} == {("Rate", 7)}
+    assert {(r["counterType"], r["value"], r["unit"]) for r in by_name["myObservableUpDown"]} == {
+        ("Metric", 5, "{connections}")
+    }
     assert "counter3" not in by_name and "polled" not in by_name  # counterNames filter
 
 

@@ -15,12 +15,12 @@ from typing import Any
 import boto3
 import pytest
 
-from dnmon_agent.diagnostics.events import EndOfStream, Event
-from dnmon_agent.diagnostics.nettrace import NettraceDecoder
+from dnmon_agent.diagnostics.events import EndOfStream
 from dnmon_api import app as api
 from dnmon_core.models import iter_json_seq
 from tests.apigw import FakeContext, body_bytes, header, rest_event
 from tests.conftest import AwsStack, StartTarget
+from tests.traces import assert_cpu_trace, decode
 
 pytestmark = pytest.mark.dotnet
 
@@ -75,21 +75,6 @@ def download(aws: AwsStack, status: dict[str, Any]) -> bytes:
     data: bytes = s3.get_object(Bucket=link["bucket"], Key=link["key"])["Body"].read()
     assert len(data) == link["size"]
     return data
-
-
-def decode(data: bytes) -> list[object]:
-    decoder = NettraceDecoder()
-    items = decoder.feed(data)
-    decoder.close()
-    return items
-
-
-def assert_cpu_trace(data: bytes) -> None:
-    items = decode(data)
-    assert isinstance(items[-1], EndOfStream)
-    providers = {i.metadata.provider_name for i in items if isinstance(i, Event)}
-    assert "Microsoft-DotNETCore-SampleProfiler" in providers
-    assert "Microsoft-Windows-DotNETRuntimeRundown" in providers
 
 
 def test_trace_to_s3_egress(aws_stack: AwsStack, start_agent: Any, dotnet_target: StartTarget) -> None:

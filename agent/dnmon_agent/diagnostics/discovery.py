@@ -17,6 +17,8 @@ from pathlib import Path
 
 import psutil
 
+from dnmon_core.models import ProcessInfo
+
 from .client import DiagnosticsClient
 from .errors import DiagnosticsError, IpcError, IpcServerError, IpcTimeoutError, ProcessSelectionError
 
@@ -48,15 +50,16 @@ class DotnetProcess:
 
     def to_process_info(self) -> dict[str, object]:
         """The ProcessInfo JSON object (camelCase, as the API returns it)."""
-        return {
-            "pid": self.pid,
-            "uid": str(self.uid),
-            "name": self.name,
-            "commandLine": self.command_line,
-            "operatingSystem": self.operating_system,
-            "processArchitecture": self.process_architecture,
-            "managedEntryPointAssemblyName": self.managed_entry_point_assembly_name,
-        }
+        info = ProcessInfo(
+            pid=self.pid,
+            uid=self.uid,
+            name=self.name,
+            command_line=self.command_line,
+            operating_system=self.operating_system,
+            process_architecture=self.process_architecture,
+            managed_entry_point_assembly_name=self.managed_entry_point_assembly_name,
+        )
+        return info.model_dump(mode="json")
 
 
 def diagnostics_dir() -> Path:

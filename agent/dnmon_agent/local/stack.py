@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import boto3
-from dnmon_core.apikey import generate_key
 
+from dnmon_core.apikey import generate_key
 from dnmon_core.operations import OperationState
 from dnmon_core.store import OperationStore, StoreError, table_schema
 

@@ -108,6 +108,15 @@ def pump(
         on_bytes(view[:n])
 
 
+def _cut_short(total: int, kept: str) -> CaptureError:
+    return CaptureError(
+        f"the stream ended without its end-of-stream tag after {total} bytes: the target process "
+        f"exited or was killed during the capture{kept}",
+        code="TargetExited",
+        bytes_received=total,
+    )
+
+
 def _start(client: DiagnosticsClient, config: SessionConfiguration) -> EventPipeSession:
     try:
         return client.start_session(config)
@@ -145,12 +154,7 @@ def run_trace(
     if framing_error:
         raise CaptureError(f"the runtime sent a malformed stream: {framing_error[0]}", bytes_received=total)
     if not framing.ended:
-        raise CaptureError(
-            f"the stream ended without its end-of-stream tag after {total} bytes: the target process "
-            "exited or was killed during the capture; the bytes received so far were kept",
-            code="TargetExited",
-            bytes_received=total,
-        )
+        raise _cut_short(total, "; the bytes received so far were kept")
     return CaptureResult(total, True, stopped)
 
 
@@ -183,10 +187,5 @@ def run_live_metrics(
     finally:
         session.close()
     if not decoder.ended:
-        raise CaptureError(
-            f"the stream ended without its end-of-stream tag after {total} bytes: the target process "
-            "exited or was killed during the capture",
-            code="TargetExited",
-            bytes_received=total,
-        )
+        raise _cut_short(total, "")
     return CaptureResult(total, True, stopped)
