@@ -205,3 +205,18 @@ def test_netcore31_counters_and_trace(dotnet_target: StartTarget, tmp_path: Path
     items = decode_file(out)
     assert isinstance(items[-1], EndOfStream)
     assert any(isinstance(i, Event) and i.metadata.provider_name.endswith("Rundown") for i in items)
+
+
+def test_generatekey_prints_a_key_the_authorizer_accepts() -> None:
+    from dnmon_core.apikey import MonitorApiKeyConfiguration, verify
+
+    result = dnmon("generatekey", "-o", "MachineJson", "--subject", "runbook")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    token = printed["AuthorizationHeader"].removeprefix("Bearer ")
+    settings = printed["Authentication"]["MonitorApiKey"]
+    assert (
+        verify(token, MonitorApiKeyConfiguration(settings["Subject"], settings["PublicKey"])).subject
+        == "runbook"
+    )
+    assert dnmon("generatekey", "-o", "Yaml").returncode == 2
