@@ -259,7 +259,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    agent.run(stop)
+    # The agent works on its own thread; this one only waits, waking often enough to run the
+    # signal handler (a signal that lands on another thread waits for the main thread's bytecode).
+    worker = threading.Thread(target=agent.run, args=(stop,), name="agent")
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.5)
     return 0
 
 

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,10 @@ def test_fresh_clone_make_up_curl_and_clean_shutdown(tmp_path: Path) -> None:
                 break
         text = "\n".join(banner)
         assert "Ctrl-C stops everything" in text, text[-3000:]
+        # keep reading what `dnmon up` prints, so it never blocks on a full pipe and a failure can show it
+        threading.Thread(
+            target=lambda: banner.extend(line.rstrip("\n") for line in up.stdout or []), daemon=True
+        ).start()
         sample = re.search(r"Sample app: pid (\d+)", text)
         assert sample, text
         sample_pid = int(sample.group(1))
@@ -82,6 +87,10 @@ def test_fresh_clone_make_up_curl_and_clean_shutdown(tmp_path: Path) -> None:
         os.killpg(up.pid, signal.SIGINT)
         try:
             up.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                "make up did not stop within 180 s of SIGINT; it printed:\n" + "\n".join(banner[-40:])
+            )
         finally:
             if up.poll() is None:
                 os.killpg(up.pid, signal.SIGKILL)

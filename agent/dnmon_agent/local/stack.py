@@ -312,7 +312,10 @@ def run(options: StackOptions, out: IO[str] = sys.stdout) -> int:
     stack.start()
     try:
         print(banner(stack), file=out, flush=True)
-        stop.wait()
+        # Wake up regularly: a signal that lands on another thread only sets a flag, and Python
+        # runs the handler when the main thread next runs bytecode — never, in an endless wait.
+        while not stop.wait(0.5):
+            pass
         print("dnmon up: stopping…", file=out, flush=True)
     finally:
         stack.stop()
