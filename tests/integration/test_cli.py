@@ -33,6 +33,19 @@ def dnmon(*args: str, timeout: float = 120, **kwargs: object) -> subprocess.Comp
     )
 
 
+def trace_in_background(pid: int, duration: str, out: Path) -> subprocess.Popen[bytes]:
+    """``dnmon capture trace`` running, once the first kilobyte has reached ``out``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dnmon_agent.cli", "capture", "trace", "--pid", str(pid),
+         "--duration", duration, "-o", str(out)],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while (not out.exists() or out.stat().st_size < 1000) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return proc
+
+
 def decode_file(path: Path) -> list[NettraceItem]:
     return decode(path.read_bytes())
 
@@ -126,14 +139,7 @@ def test_sigint_ends_an_indefinite_trace_with_a_valid_file(
 ) -> None:
     target = dotnet_target("DemoApp.cs", "cpu")
     out = tmp_path / "forever.nettrace"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dnmon_agent.cli", "capture", "trace", "--pid", str(target.pid),
-         "--duration", "-1", "-o", str(out)],
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while (not out.exists() or out.stat().st_size < 1000) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    proc = trace_in_background(target.pid, "-1", out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -147,14 +153,7 @@ def test_target_killed_mid_capture_keeps_the_bytes_and_fails(
 ) -> None:
     target = dotnet_target("DemoApp.cs", "cpu")
     out = tmp_path / "cut.nettrace"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dnmon_agent.cli", "capture", "trace", "--pid", str(target.pid),
-         "--duration", "60", "-o", str(out)],
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while (not out.exists() or out.stat().st_size < 1000) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    proc = trace_in_background(target.pid, "60", out)
     target.kill()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
