@@ -44,6 +44,7 @@ VERBOSE = {
 
 
 def _environment(endpoint: str) -> dict[str, str]:
+    from dnmon_agent.local.resources import create_signing_key
     from dnmon_core.store import table_schema
 
     suffix = uuid.uuid4().hex[:8]
@@ -62,6 +63,7 @@ def _environment(endpoint: str) -> dict[str, str]:
     os.environ.update(env)
     boto3.client("dynamodb").create_table(TableName=env["DNMON_TABLE"], **table_schema())
     boto3.client("s3").create_bucket(Bucket=env["DNMON_BUCKET"])
+    env["DNMON_SIGNING_KEY"] = os.environ["DNMON_SIGNING_KEY"] = create_signing_key(boto3.client("kms"))
     return env
 
 

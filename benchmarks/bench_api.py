@@ -89,7 +89,11 @@ def _environment(endpoint: str) -> None:
             "POWERTOOLS_LOG_LEVEL": "WARNING",
         }
     )
+    from dnmon_agent.local.resources import create_signing_key
+    from dnmon_core.models import ProcessInfo
     from dnmon_core.store import AgentRegistry, table_schema
+
+    os.environ["DNMON_SIGNING_KEY"] = create_signing_key(boto3.client("kms"))
 
     dynamodb = boto3.resource("dynamodb")
     table = dynamodb.create_table(TableName=os.environ["DNMON_TABLE"], **table_schema())
@@ -97,7 +101,9 @@ def _environment(endpoint: str) -> None:
     queue = boto3.client("sqs").create_queue(QueueName=f"bench-{suffix}")["QueueUrl"]
     process = {"pid": 42, "uid": str(uuid.uuid4()), "name": "dotnet", "commandLine": "dotnet App.dll",
                "operatingSystem": "Linux", "processArchitecture": "x64"}  # fmt: skip
-    AgentRegistry(table).heartbeat("bench-agent", "bench-host", queue, "0.1.0", [process])
+    registry = AgentRegistry(table)
+    registry.register("bench-agent", "bench-host", queue, "0.1.0")
+    registry.publish_processes("bench-agent", "bench-host", [ProcessInfo.model_validate(process)])
 
 
 def _spread(calls: list[list[str]]) -> dict[str, float]:
@@ -113,12 +119,12 @@ def finish(app: Any, path: str) -> None:
     """Succeed the operation and give its slot back, as the agent would (not measured)."""
     from dnmon_api.services import services
     from dnmon_core.operations import OperationState
+    from dnmon_core.store import slots_of
 
     store = services().store
     record = store.get(uuid.UUID(path.rsplit("/", 1)[1]))
     store.transition(record.operation_id, OperationState.SUCCEEDED)
-    if record.slot is not None:
-        store.release_slot(record.kind, record.slot, record.operation_id)
+    services().slots.release(slots_of(record.slots), record.operation_id)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

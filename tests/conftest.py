@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dnmon_agent.local.resources import create_signing_key
 from tests.dotnet import DotnetTarget
 
 StartTarget = Callable[..., DotnetTarget]
@@ -83,6 +84,7 @@ def aws_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
     dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint, region_name="us-east-1")
     dynamodb.create_table(TableName=table, **table_schema())
     boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    kms = boto3.client("kms", endpoint_url=moto_endpoint, region_name="us-east-1")
     env = {
         "AWS_ENDPOINT_URL": moto_endpoint,
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -97,6 +99,7 @@ def aws_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
         "DNMON_CLAIM_SECONDS": "20",
         "DNMON_COUNTER_INTERVAL_SECONDS": "1",
         "DNMON_AGENT_QUEUE_PREFIX": f"dnmon-{suffix}-",
+        "DNMON_SIGNING_KEY": create_signing_key(kms),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -114,10 +117,11 @@ def start_agent(aws_stack: AwsStack) -> Iterator[Callable[..., Any]]:
     started: list[tuple[Any, threading.Event, threading.Thread]] = []
 
     def start(**overrides: Any) -> Any:
-        settings = AgentSettings.from_env({**aws_stack.env, "DNMON_AGENT_ID": f"agent-{len(started)}"})
+        env = {"DNMON_AGENT_ID": f"agent-{len(started)}", "DNMON_HOST_NAME": f"host-{len(started)}"}
+        settings = AgentSettings.from_env({**aws_stack.env, **env})
         settings.poll_seconds = 1
         settings.lease_seconds = 6
-        settings.heartbeat_seconds = 2
+        settings.scan_seconds = 0.5
         for key, value in overrides.items():
             setattr(settings, key, value)
         agent = Agent(settings)

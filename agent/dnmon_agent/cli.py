@@ -234,6 +234,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     import logging
     import threading
 
+    from dnmon_core.config import ConfigurationError
+    from dnmon_core.store import StoreError
+
     from .worker import Agent, AgentSettings
 
     logging.basicConfig(
@@ -241,9 +244,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     )
     try:
         settings = AgentSettings.from_env()
-    except KeyError as exc:
+    except ConfigurationError as exc:
         raise CliError(
-            f"{exc.args[0]} is not set (the agent needs DNMON_TABLE and DNMON_BUCKET)", EXIT_USAGE
+            f"{exc} (the agent needs DNMON_TABLE, DNMON_BUCKET and DNMON_SIGNING_KEY)", EXIT_USAGE
         ) from exc
     stop = threading.Event()
 
@@ -253,9 +256,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
     agent = Agent(settings)
-    queue = agent.register()
+    try:
+        queue = agent.register()
+    except (StoreError, ConfigurationError) as exc:
+        raise CliError(f"the agent could not register: {exc}") from exc
     print(
-        f"dnmon agent {settings.agent_id} on {settings.host_name}: polling {queue}",
+        f"dnmon agent {agent.agent_id} on {settings.host_name}: polling {queue}",
         file=sys.stderr,
         flush=True,
     )
@@ -265,6 +271,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     worker.start()
     while worker.is_alive():
         worker.join(0.5)
+    if agent.failure is not None:  # the loop died: its captures were stopped; say so in the status
+        raise CliError(f"the agent stopped after a failure: {agent.failure}")
     return 0
 
 

@@ -9,10 +9,10 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dnmon_core.config import ConfigurationError
-from dnmon_core.store import StoreError
+from dnmon_core.store import InvalidToken, StoreError
 
 from . import info, livemetrics, operations, processes, trace
-from .problems import Problem
+from .problems import Problem, validation_problem
 
 logger = Logger(service="dnmon")
 app = APIGatewayRestResolver()
@@ -25,10 +25,16 @@ def _problem(exc: Problem) -> Response[str]:
     return exc.response()
 
 
+@app.exception_handler(InvalidToken)
+def _token(exc: InvalidToken) -> Response[str]:
+    return validation_problem({"next": [str(exc)]}).response()
+
+
 @app.exception_handler(StoreError)
 def _store(exc: StoreError) -> Response[str]:
-    logger.error("store failure", extra={"error": str(exc)})
-    return Problem(503, "The operation store is unavailable; try again.").response()
+    """Every AWS fault (the store maps ClientError and BotoCoreError alike) is a 503 problem."""
+    logger.error("AWS failure", extra={"error": str(exc), "code": exc.code})
+    return Problem(503, "dnmon's AWS services did not answer; try again.").response()
 
 
 @app.exception_handler(ConfigurationError)

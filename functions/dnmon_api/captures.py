@@ -8,6 +8,7 @@ return the artifact inline when it is done and small enough, else 202 + Location
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -17,11 +18,16 @@ from typing import Any
 
 import pydantic
 from aws_lambda_powertools.event_handler import Response
-from botocore.exceptions import BotoCoreError, ClientError
 
 from dnmon_core.config import STREAM_HEADER, EgressProvider
-from dnmon_core.models import EventMetricsConfiguration, EventProvidersConfiguration, validation_errors
+from dnmon_core.models import (
+    EventMetricsConfiguration,
+    EventProvidersConfiguration,
+    ProcessInfo,
+    validation_errors,
+)
 from dnmon_core.operations import (
+    ACTIVE_STATES,
     ARTIFACT_CONTENT_TYPES,
     ArtifactKind,
     CaptureJob,
@@ -32,6 +38,7 @@ from dnmon_core.operations import (
     ProcessSelector,
     parse_tags,
 )
+from dnmon_core.signing import MessageType
 from dnmon_core.store import AgentRecord, OperationRecord, StoreError, utcnow
 
 from .problems import Problem, rate_limited, validation_problem
@@ -126,62 +133,102 @@ def parse_body(kind: ArtifactKind, body: str | None) -> dict[str, Any]:
 
 # --- where the process is ------------------------------------------------------------------
 
-
-def _process_summary(processes: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{p.get('pid')} {p.get('name')}" for p in processes) or "none"
+NOT_FOUND = "Unable to discover a target process."
 
 
-def resolve_agent(services: Services, query: ProcessQuery) -> tuple[AgentRecord, dict[str, Any] | None]:
-    """The agent to ask, and the process it last reported that matches (None: default-process rule).
+@dataclass(frozen=True)
+class Target:
+    """The agent that runs the capture, and the process it reported (None: its default process)."""
 
-    The cached view of the registry serves the usual request; when it cannot, the registry is
-    read again before the request is refused (an agent or a process may have just appeared).
-    """
-    try:
-        return _resolve(services.agents(), query)
-    except Problem:
-        return _resolve(services.agents(refresh=True), query)
+    agent: AgentRecord
+    process: ProcessInfo | None
 
 
-def _resolve(agents: list[AgentRecord], query: ProcessQuery) -> tuple[AgentRecord, dict[str, Any] | None]:
-    if not agents:
-        raise Problem(400, "No dnmon agent is registered and alive: start `dnmon agent` on the host.")
+def _summary(processes: list[ProcessInfo]) -> str:
+    return ", ".join(f"{p.pid} {p.name}" for p in processes) or "none"
+
+
+def _matches(process: ProcessInfo, query: ProcessQuery) -> bool:
+    return (
+        (query.pid is None or process.pid == query.pid)
+        and (query.uid is None or process.uid == query.uid)
+        and (query.name is None or process.name.casefold() == query.name.casefold())
+    )
+
+
+def resolve_target(services: Services, query: ProcessQuery) -> Target:
+    """Find the host and process by key: ``host`` chooses the agent; else ``uid`` (unique fleet-wide),
+    a ``pid`` or ``name`` that matches exactly one live process in the fleet, or, with no selector,
+    the default process of the only agent. Never a scan of the fleet."""
+    registry = services.registry
     if query.host is not None:
-        chosen = [a for a in agents if query.host in (a.host_name, a.agent_id)]
-        if not chosen:
-            hosts = ", ".join(sorted(a.host_name for a in agents))
-            raise validation_problem({"host": [f"No agent runs on host '{query.host}' (alive: {hosts})."]})
-        agents = chosen
-    elif query.uid is not None:
-        agents = [a for a in agents if any(p.get("uid") == str(query.uid) for p in a.processes)] or agents
-    if len(agents) > 1:
-        hosts = ", ".join(sorted(a.host_name for a in agents))
-        raise Problem(400, f"Several agents are registered ({hosts}): choose one with the host parameter.")
-    agent = agents[0]
-    matches = [
-        p
-        for p in agent.processes
-        if (query.pid is None or p.get("pid") == query.pid)
-        and (query.uid is None or p.get("uid") == str(query.uid))
-        and (query.name is None or str(p.get("name", "")).casefold() == query.name.casefold())
-    ]
-    given = query.pid is not None or query.uid is not None or query.name is not None
-    if len(matches) == 1:
-        return agent, matches[0]
-    seen = _process_summary(agent.processes)
-    if not given:
-        if not matches:
-            raise Problem(
-                400, f"Unable to resolve the default process: no .NET process on {agent.host_name}."
+        agents = registry.by_host(query.host)
+        if not agents:
+            raise validation_problem({"host": [f"No live dnmon agent runs on host '{query.host}'."]})
+        if len(agents) > 1:
+            ids = ", ".join(a.agent_id for a in agents)
+            raise validation_problem(
+                {"host": [f"Several agents run on hosts named '{query.host}' ({ids}): name one by its id."]}
             )
+        return _on_agent(agents[0], query)
+    if query.pid is None and query.uid is None and query.name is None:
+        page = registry.page(limit=2)
+        if len(page.agents) == 1 and page.next_token is None:
+            return _on_agent(page.agents[0], query)
         raise Problem(
             400,
-            f"Unable to resolve the default process: {len(matches)} processes on {agent.host_name} ({seen}). "
-            "Name one with pid, uid or name.",
+            f"{NOT_FOUND} Unable to resolve the default process: "
+            + ("no dnmon agent is alive." if not page.agents else "several hosts have agents; ")
+            + ("" if not page.agents else "name the process with pid, uid or name, or the host with host."),
+        )
+    candidates = registry.candidates(
+        pid=query.pid, uid=None if query.uid is None else str(query.uid), name=query.name
+    )
+    alive = registry.alive_ids(c.agent_id for c in candidates)
+    candidates = [c for c in candidates if c.agent_id in alive]
+    if not candidates:
+        raise Problem(400, f"{NOT_FOUND} No live agent reports a process with {_selector(query)}.")
+    if len(candidates) > 1:
+        listed = "; ".join(f"pid {c.pid} {c.name} (uid {c.uid}) on host {c.host_name}" for c in candidates)
+        raise Problem(
+            400,
+            f"{NOT_FOUND} {len(candidates)} processes match {_selector(query)}: {listed}. "
+            "Choose one with uid, or with host.",
+        )
+    agent = registry.get(candidates[0].agent_id)
+    if agent is None:
+        raise Problem(400, f"{NOT_FOUND} The agent on {candidates[0].host_name} stopped reporting.")
+    return _on_agent(agent, query)
+
+
+def _selector(query: ProcessQuery) -> str:
+    parts = [
+        (n, v) for n, v in (("pid", query.pid), ("uid", query.uid), ("name", query.name)) if v is not None
+    ]
+    return ", ".join(f"{n}={v}" for n, v in parts)
+
+
+def _on_agent(agent: AgentRecord, query: ProcessQuery) -> Target:
+    matches = [p for p in agent.processes if _matches(p, query)]
+    if len(matches) == 1:
+        return Target(agent, matches[0])
+    if query.pid is None and query.uid is None and query.name is None:
+        if not matches:
+            raise Problem(400, f"{NOT_FOUND} There is no .NET process on {agent.host_name}.")
+        raise Problem(
+            400,
+            f"{NOT_FOUND} Unable to resolve the default process: {len(matches)} processes on "
+            f"{agent.host_name} ({_summary(matches)}). Name one with pid, uid or name.",
         )
     if not matches:
-        raise Problem(400, f"Unable to find the requested process on {agent.host_name} (processes: {seen}).")
-    raise Problem(400, f"{len(matches)} processes match on {agent.host_name} ({_process_summary(matches)}).")
+        raise Problem(
+            400,
+            f"{NOT_FOUND} No process with {_selector(query)} on {agent.host_name} "
+            f"(processes: {_summary(agent.processes)}).",
+        )
+    raise Problem(
+        400, f"{NOT_FOUND} {len(matches)} processes match on {agent.host_name} ({_summary(matches)})."
+    )
 
 
 # --- starting one ----------------------------------------------------------------------------
@@ -204,31 +251,37 @@ def start_capture(
     configuration: dict[str, Any],
     trace_profile: str | None = None,
 ) -> OperationRecord:
-    agent, process = resolve_agent(services, query.process)
-    store = services.store
+    """Resolve, reserve the host's slot, write the operation Starting, send the signed job."""
+    target = resolve_target(services, query.process)
+    agent, process = target.agent, target.process
     operation_id = uuid.uuid4()
     lease = services.settings.claim_seconds
-    slot = store.reserve_slot(kind, operation_id, lease)
-    if slot is None:
+    slots = services.slots.reserve(kind, agent.agent_id, operation_id, lease)
+    if slots is None:
         raise rate_limited()
     created = utcnow()
     record = OperationRecord(
         operation_id=operation_id,
         kind=kind,
-        status=OperationState.RUNNING,
+        status=OperationState.STARTING,
         created=created,
-        process=OperationProcess(pid=process["pid"], uid=process["uid"], name=process["name"])
-        if process
-        else None,
+        process=OperationProcess(pid=process.pid, uid=process.uid, name=process.name) if process else None,
         tags=list(query.tags),
         egress_provider_name=query.egress_provider,
         agent_id=agent.agent_id,
-        slot=slot,
+        host_name=agent.host_name,
+        slots=[slot.key for slot in slots],
+    )
+    # The job names the process the API resolved, so the agent captures exactly that one.
+    selector = (
+        ProcessSelector(pid=process.pid, uid=None if process.uid.int == 0 else process.uid)
+        if process
+        else ProcessSelector()
     )
     job = CaptureJob(
         operation_id=operation_id,
         kind=kind,
-        process=ProcessSelector(pid=query.process.pid, uid=query.process.uid, name=query.process.name),
+        process=selector,
         duration_seconds=query.duration_seconds,
         configuration=configuration,
         trace_profile=trace_profile,
@@ -238,17 +291,18 @@ def start_capture(
         created=created,
     )
     try:
-        store.create(record, lease_seconds=lease)
+        services.store.create(record, lease_seconds=lease)
     except StoreError:
-        store.release_slot(kind, slot, operation_id)
+        services.slots.release(slots, operation_id)
         raise
     try:
-        services.sqs.send_message(QueueUrl=agent.queue_url, MessageBody=job.model_dump_json())
-    except (ClientError, BotoCoreError) as exc:
+        services.send(agent.queue_url, MessageType.JOB, agent.agent_id, job.model_dump(mode="json"), lease)
+    except StoreError as exc:
         error = OperationError(code="QueueFailed", message=f"the job could not be sent to the agent: {exc}")
-        store.transition(operation_id, OperationState.FAILED, error=error)
-        store.release_slot(kind, slot, operation_id)
-        raise Problem(503, f"The capture could not be handed to agent {agent.agent_id}.") from exc
+        with contextlib.suppress(StoreError):
+            services.store.transition(operation_id, OperationState.FAILED, error=error)
+            services.slots.release(slots, operation_id)
+        raise Problem(503, f"The capture could not be handed to the agent on {agent.host_name}.") from exc
     return record
 
 
@@ -284,7 +338,7 @@ def finish_inline(
     while clock() < deadline:
         sleep(POLL_SECONDS)
         current = services.store.get(record.operation_id)
-        if current.status not in (OperationState.RUNNING, OperationState.STOPPING):
+        if current.status not in ACTIVE_STATES:
             break
     if current.status == OperationState.FAILED:
         message = current.error.message if current.error else "the capture failed"

@@ -1,4 +1,4 @@
-"""``GET /info``: what is answering, and which agents are alive."""
+"""``GET /info``: what is answering, and one page of the agents that are alive."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from importlib import metadata
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
+from .http import base_url, next_link, page_limit, query
 from .services import services
 
 router = APIGatewayRouter()
@@ -22,10 +23,13 @@ def _version() -> str:
 
 @router.get("/info")
 def get_info() -> Response[str]:
-    agents = services().agents(refresh=True)
+    params = query(router)
+    page = services().registry.page(limit=page_limit(params), token=params.get("next") or None)
+    agents = page.agents
     body = {
         "version": _version(),
-        "diagnosticPortMode": "Listen",
+        # The agent connects to each runtime's own listening socket: dotnet-monitor calls that Connect.
+        "diagnosticPortMode": "Connect",
         "agents": [
             {
                 "agentId": a.agent_id,
@@ -36,4 +40,7 @@ def get_info() -> Response[str]:
             for a in agents
         ],
     }
-    return Response(200, "application/json", json.dumps(body))
+    headers = (
+        {"Link": next_link(base_url(router), "/info", params, page.next_token)} if page.next_token else None
+    )
+    return Response(200, "application/json", json.dumps(body), headers=headers)

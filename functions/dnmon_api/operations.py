@@ -1,22 +1,32 @@
-"""``/operations``: list, status, cancel, graceful stop, and the artifact of a finished operation."""
+"""``/operations``: list, status, cancel, graceful stop, and the artifact of a finished operation.
+
+Stop and cancel change the record first (so the answer is true at once), then reach the agent as
+a signed control message on its queue: it acts within a second, with no polling. The lease
+renewal re-reads the record, so a lost message still takes effect within a third of a lease.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from dnmon_core.operations import OperationState, OperationStatus, parse_tags
-from dnmon_core.store import NotFound, OperationRecord, TransitionRejected
+from dnmon_core.operations import ControlAction, ControlMessage, OperationState, OperationStatus, parse_tags
+from dnmon_core.signing import MessageType
+from dnmon_core.store import NotFound, OperationRecord, StoreError, TransitionRejected, filter_of
 
 from . import captures
-from .http import base_url, query
+from .http import base_url, next_link, page_limit, query
 from .problems import Problem, validation_problem
 from .services import Services, services
 
+CONTROL_TTL_SECONDS = 300.0
+
+log = logging.getLogger("dnmon.api")
 router = APIGatewayRouter()
 
 
@@ -33,7 +43,7 @@ def _load(svc: Services, operation_id: uuid.UUID) -> OperationRecord:
     try:
         return svc.store.get(operation_id)
     except NotFound:
-        raise Problem(400, f"Operation {operation_id} was not found.") from None
+        raise Problem(400, f"Operation not found. ({operation_id})") from None
 
 
 def _status(record: OperationRecord, base: str) -> OperationStatus:
@@ -55,13 +65,25 @@ def list_operations() -> Response[str]:
     process = captures.parse_process_query(params, errors)
     if errors:
         raise validation_problem(errors)
-    records = services().store.list(
-        pid=process.pid, uid=process.uid, name=process.name, tags=parse_tags(params.get("tags"))
+    svc = services()
+    agent_id: str | None = None
+    if process.host is not None:
+        agents = svc.registry.by_host(process.host, alive_only=False)
+        if not agents:
+            raise validation_problem({"host": [f"No dnmon agent has registered host '{process.host}'."]})
+        agent_id = agents[0].agent_id
+    page = svc.store.page(
+        agent_id=agent_id,
+        where=filter_of(process.pid, process.uid, process.name, parse_tags(params.get("tags"))),
+        limit=page_limit(params),
+        token=params.get("next") or None,
     )
     summaries = [
-        r.to_status().model_dump(mode="json", exclude={"resource_location", "error"}) for r in records
+        r.to_status().model_dump(mode="json", exclude={"resource_location", "error"}) for r in page.records
     ]
-    return _json(200, summaries)
+    if page.next_token is None:
+        return _json(200, summaries)
+    return _json(200, summaries, Link=next_link(base_url(router), "/operations", params, page.next_token))
 
 
 @router.get("/operations/<operation_id>")
@@ -80,14 +102,27 @@ def delete_operation(operation_id: str) -> Response[str]:
     record = _load(svc, op_id)
     try:
         if stop:
-            if not record.is_stoppable:
-                raise Problem(400, f"Operation {op_id} cannot be stopped gracefully.")
+            if not record.to_status().is_stoppable:
+                raise Problem(400, f"Operation {op_id} cannot be stopped gracefully (it is {record.status}).")
             svc.store.transition(op_id, OperationState.STOPPING)
-            return Response(202, None, "")
-        svc.store.request_cancel(op_id)
+        else:
+            svc.store.transition(op_id, OperationState.CANCELLED)
     except TransitionRejected as exc:
         raise Problem(400, f"Operation {op_id} is {exc.current}: it is no longer running.") from None
-    return Response(200, None, "")
+    _tell_agent(svc, record, ControlAction.STOP if stop else ControlAction.CANCEL)
+    return Response(202 if stop else 200, None, "")
+
+
+def _tell_agent(svc: Services, record: OperationRecord, action: ControlAction) -> None:
+    """Best effort: the record already says what to do, and the agent's lease renewal reads it."""
+    message = ControlMessage(operation_id=record.operation_id, action=action)
+    try:
+        agent = svc.registry.get(record.agent_id, alive_only=False)
+        if agent is not None:
+            body = message.model_dump(mode="json")
+            svc.send(agent.queue_url, MessageType.CONTROL, agent.agent_id, body, CONTROL_TTL_SECONDS)
+    except StoreError as exc:
+        log.warning("the %s message for %s was not sent: %s", action, record.operation_id, exc)
 
 
 @router.get("/operations/<operation_id>/artifact")

@@ -1,24 +1,27 @@
 """The AWS clients and stores a warm Lambda reuses, built on first use from the environment.
 
 Nothing is created at import time: a cold start pays only for what the route needs, and tests
-point the environment at moto before the first call.
+point the environment at moto before the first call. The registry is read by key on every
+request (no cached fleet view): a keyed read costs the same at 10 or 10,000 agents, and a process
+an agent published a second ago is found at once.
 """
 
 from __future__ import annotations
 
 import os
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
-from dnmon_core.config import ServiceSettings
-from dnmon_core.store import AgentRecord, AgentRegistry, OperationStore, ReplyStore
+from dnmon_core.config import ConfigurationError, ServiceSettings
+from dnmon_core.signing import KmsSigner, MessageType, seal
+from dnmon_core.store import AgentRegistry, OperationStore, ReplyStore, SlotStore, StoreUnavailable
 
-AGENT_CACHE_SECONDS = 5.0
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, signature_version="s3v4")
 
 
@@ -26,7 +29,6 @@ _CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, signature_vers
 class Services:
     settings: ServiceSettings
     session: boto3.Session = field(default_factory=boto3.Session)
-    _agents: tuple[float, list[AgentRecord]] | None = None
 
     @cached_property
     def table(self) -> Any:
@@ -34,20 +36,15 @@ class Services:
 
     @cached_property
     def store(self) -> OperationStore:
-        return OperationStore(self.table, limits=self.settings.limits)
+        return OperationStore(self.table)
+
+    @cached_property
+    def slots(self) -> SlotStore:
+        return SlotStore(self.table, limits=self.settings.limits, fleet_limits=self.settings.fleet_limits)
 
     @cached_property
     def registry(self) -> AgentRegistry:
         return AgentRegistry(self.table, max_silence=self.settings.agent_max_silence_seconds)
-
-    def agents(self, *, refresh: bool = False) -> list[AgentRecord]:
-        """Alive agents, re-read at most every few seconds: a warm function saves a Query per
-        request, and agents heartbeat far less often than that anyway. Callers refresh when the
-        cached view cannot serve a request (an agent or process that may have just appeared)."""
-        now = time.monotonic()
-        if refresh or self._agents is None or now - self._agents[0] > AGENT_CACHE_SECONDS:
-            self._agents = (now, self.registry.agents())
-        return self._agents[1]
 
     @cached_property
     def replies(self) -> ReplyStore:
@@ -61,11 +58,28 @@ class Services:
     def s3(self) -> Any:
         return self.session.client("s3", config=_CONFIG)
 
+    @cached_property
+    def signer(self) -> KmsSigner:
+        if not self.settings.signing_key:
+            raise ConfigurationError("DNMON_SIGNING_KEY is not set: jobs cannot be signed")
+        return KmsSigner(self.session.client("kms", config=_CONFIG), self.settings.signing_key)
+
+    def send(
+        self, queue_url: str, kind: MessageType, agent_id: str, body: Mapping[str, Any], ttl_seconds: float
+    ) -> None:
+        """Sign ``body`` for ``agent_id`` and put it on its queue; AWS faults become StoreUnavailable."""
+        try:
+            message = seal(self.signer, kind, agent_id, body, ttl_seconds=ttl_seconds)
+            self.sqs.send_message(QueueUrl=queue_url, MessageBody=message)
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreUnavailable(f"sending the {kind} message to agent {agent_id}: {exc}") from exc
+
 
 _cache: dict[tuple[str, ...], Services] = {}
 
 _KEYS = (
-    "DNMON_TABLE", "DNMON_BUCKET", "DNMON_TRACE_LIMIT", "DNMON_LIVEMETRICS_LIMIT",
+    "DNMON_TABLE", "DNMON_BUCKET", "DNMON_SIGNING_KEY", "DNMON_TRACE_LIMIT", "DNMON_LIVEMETRICS_LIMIT",
+    "DNMON_FLEET_TRACE_LIMIT", "DNMON_FLEET_LIVEMETRICS_LIMIT",
     "DNMON_SYNC_BUDGET_SECONDS", "DNMON_INLINE_LIMIT_BYTES", "DNMON_EGRESS_PROVIDERS",
     "DNMON_AGENT_MAX_SILENCE_SECONDS", "DNMON_CLAIM_SECONDS", "DNMON_COUNTER_INTERVAL_SECONDS",
     "DNMON_STREAM_INGEST_URL", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",

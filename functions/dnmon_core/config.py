@@ -1,17 +1,23 @@
-"""Service configuration shared by the API functions and the local stack, read from the environment.
+"""Every setting of dnmon and its default, read from the environment once (README lists them).
+
+Control plane (API and schedule functions, the local stack):
 
 | variable | meaning | default |
 |---|---|---|
 | ``DNMON_TABLE`` | DynamoDB table (operations, slots, agents) | required |
 | ``DNMON_BUCKET`` | artifact bucket: the default egress when no ``egressProvider`` is given | required |
-| ``DNMON_TRACE_LIMIT`` / ``DNMON_LIVEMETRICS_LIMIT`` | concurrent operations per kind | 3 / 3 |
+| ``DNMON_SIGNING_KEY`` | KMS key (id, ARN or alias) that signs jobs and control messages | required |
+| ``DNMON_TRACE_LIMIT`` / ``DNMON_LIVEMETRICS_LIMIT`` | concurrent operations per kind, per host | 3 / 3 |
+| ``DNMON_FLEET_TRACE_LIMIT`` / ``DNMON_FLEET_LIVEMETRICS_LIMIT`` | optional cap across the fleet | unset |
 | ``DNMON_SYNC_BUDGET_SECONDS`` | how long a request without ``egressProvider`` waits for the artifact | 25 |
 | ``DNMON_INLINE_LIMIT_BYTES`` | largest artifact returned in the response body | 4194304 |
 | ``DNMON_EGRESS_PROVIDERS`` | named egress providers, JSON (below) | ``{}`` |
-| ``DNMON_AGENT_MAX_SILENCE_SECONDS`` | an agent silent for longer is not alive | 90 |
+| ``DNMON_AGENT_MAX_SILENCE_SECONDS`` | an agent silent for longer is not alive (3 liveness periods) | 900 |
 | ``DNMON_CLAIM_SECONDS`` | how long a job may wait for its agent's claim before it fails | 60 |
 | ``DNMON_COUNTER_INTERVAL_SECONDS`` | live-metrics interval (``GlobalCounter:IntervalSeconds``) | 5 |
 | ``DNMON_STREAM_INGEST_URL`` | local stack only: where artifacts without egress stream | unset |
+
+Agent (``dnmon agent``): see ``AgentSettings``.
 
 Egress providers: name → ``{"type": "s3", "bucketName", "prefix", "kmsKeyId", "preSignedUrlExpiry"}``
 or ``{"type": "filesystem", "directoryPath"}`` (option names case-insensitive, as in dotnet-monitor).
@@ -119,11 +125,13 @@ class ServiceSettings:
     sync_budget_seconds: float = 25.0
     inline_limit_bytes: int = INLINE_LIMIT
     egress_providers: Mapping[str, EgressProvider] = field(default_factory=dict)
-    agent_max_silence_seconds: float = 90.0
+    agent_max_silence_seconds: float = 900.0
     claim_seconds: float = 60.0
     counter_interval_seconds: float = 5.0
     presign_expiry: timedelta = timedelta(minutes=15)
     stream_ingest_url: str | None = None
+    signing_key: str = ""
+    fleet_limits: Mapping[ArtifactKind, int] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -143,10 +151,19 @@ class ServiceSettings:
                 sync_budget_seconds=float(env.get("DNMON_SYNC_BUDGET_SECONDS", "25")),
                 inline_limit_bytes=int(env.get("DNMON_INLINE_LIMIT_BYTES", str(INLINE_LIMIT))),
                 egress_providers=parse_egress_providers(env.get("DNMON_EGRESS_PROVIDERS")),
-                agent_max_silence_seconds=float(env.get("DNMON_AGENT_MAX_SILENCE_SECONDS", "90")),
+                agent_max_silence_seconds=float(env.get("DNMON_AGENT_MAX_SILENCE_SECONDS", "900")),
                 claim_seconds=float(env.get("DNMON_CLAIM_SECONDS", "60")),
                 counter_interval_seconds=float(env.get("DNMON_COUNTER_INTERVAL_SECONDS", "5")),
                 stream_ingest_url=env.get("DNMON_STREAM_INGEST_URL") or None,
+                signing_key=env.get("DNMON_SIGNING_KEY", ""),
+                fleet_limits={
+                    kind: int(text)
+                    for kind, text in (
+                        (ArtifactKind.TRACE, env.get("DNMON_FLEET_TRACE_LIMIT")),
+                        (ArtifactKind.LIVEMETRICS, env.get("DNMON_FLEET_LIVEMETRICS_LIMIT")),
+                    )
+                    if text
+                },
             )
         except ValueError as exc:
             if isinstance(exc, ConfigurationError):
@@ -156,3 +173,67 @@ class ServiceSettings:
     def default_egress(self) -> EgressTarget:
         """Where an artifact goes when the request named no egress provider (the HTTP response)."""
         return EgressTarget(provider=None, kind="s3", bucket=self.bucket, key="artifacts/")
+
+
+@dataclass
+class AgentSettings:
+    """What ``dnmon agent`` reads (``DNMON_*``); defaults are the production ones.
+
+    | variable | meaning | default |
+    |---|---|---|
+    | ``DNMON_TABLE``, ``DNMON_BUCKET``, ``DNMON_SIGNING_KEY`` | as for the control plane | required |
+    | ``DNMON_AGENT_ID`` | override of the id taken from the AWS identity (tests, several agents) | unset |
+    | ``DNMON_HOST_NAME`` | the display name and ``host`` parameter value | the host name |
+    | ``DNMON_AGENT_QUEUE_PREFIX`` | queue name prefix; the agent id completes it | ``dnmon-agent-`` |
+    | ``DNMON_DEAD_LETTER_ARN`` | redrive target of the agent's queue | unset |
+    | ``DNMON_MAX_CAPTURES`` | captures this agent runs at once | 6 |
+    | ``DNMON_LEASE_SECONDS`` | an operation's lease, renewed at a third of it | 60 |
+    | ``DNMON_LIVENESS_SECONDS`` | how often the agent says it is alive | 300 |
+    | ``DNMON_SCAN_SECONDS`` | how often the diagnostics sockets are scanned for changes | 1 |
+    | ``DNMON_POLL_SECONDS`` | SQS long-poll wait (20 is the maximum and the cheapest) | 20 |
+    | ``DNMON_EGRESS_DIRECTORIES`` | directories filesystem egress may write into (``:``-separated) | none |
+    """
+
+    table: str
+    bucket: str
+    signing_key: str
+    host_name: str
+    agent_id: str | None = None
+    queue_prefix: str = "dnmon-agent-"
+    dead_letter_arn: str | None = None
+    max_captures: int = 6
+    lease_seconds: float = 60.0
+    liveness_seconds: float = 300.0
+    scan_seconds: float = 1.0
+    poll_seconds: int = 20
+    part_size: int = 8 << 20
+    artifact_prefix: str = "artifacts/"
+    egress_directories: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AgentSettings:
+        import socket
+
+        env = os.environ if environ is None else environ
+        try:
+            return cls(
+                table=env["DNMON_TABLE"],
+                bucket=env["DNMON_BUCKET"],
+                signing_key=env.get("DNMON_SIGNING_KEY", ""),
+                host_name=env.get("DNMON_HOST_NAME") or socket.gethostname(),
+                agent_id=env.get("DNMON_AGENT_ID") or None,
+                queue_prefix=env.get("DNMON_AGENT_QUEUE_PREFIX", "dnmon-agent-"),
+                dead_letter_arn=env.get("DNMON_DEAD_LETTER_ARN") or None,
+                max_captures=int(env.get("DNMON_MAX_CAPTURES", "6")),
+                lease_seconds=float(env.get("DNMON_LEASE_SECONDS", "60")),
+                liveness_seconds=float(env.get("DNMON_LIVENESS_SECONDS", "300")),
+                scan_seconds=float(env.get("DNMON_SCAN_SECONDS", "1")),
+                poll_seconds=int(env.get("DNMON_POLL_SECONDS", "20")),
+                egress_directories=tuple(
+                    p for p in env.get("DNMON_EGRESS_DIRECTORIES", "").split(os.pathsep) if p
+                ),
+            )
+        except KeyError as exc:
+            raise ConfigurationError(f"{exc.args[0]} is not set") from exc
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid dnmon agent setting: {exc}") from exc

@@ -17,6 +17,7 @@ from .models import ContractModel, format_timestamp
 
 
 class OperationState(StrEnum):
+    STARTING = "Starting"
     RUNNING = "Running"
     STOPPING = "Stopping"
     SUCCEEDED = "Succeeded"
@@ -25,6 +26,16 @@ class OperationState(StrEnum):
 
 
 TRANSITIONS: Final[dict[OperationState, frozenset[OperationState]]] = {
+    # Starting: written by the API; the agent moves it to Running once the EventPipe session is open.
+    OperationState.STARTING: frozenset(
+        {
+            OperationState.RUNNING,
+            OperationState.STOPPING,
+            OperationState.SUCCEEDED,
+            OperationState.FAILED,
+            OperationState.CANCELLED,
+        }
+    ),
     OperationState.RUNNING: frozenset(
         {OperationState.STOPPING, OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED}
     ),
@@ -45,6 +56,10 @@ def sources_of(target: OperationState) -> list[OperationState]:
 
 def is_terminal(state: OperationState) -> bool:
     return not TRANSITIONS[state]
+
+
+ACTIVE_STATES: Final = (OperationState.STARTING, OperationState.RUNNING, OperationState.STOPPING)
+"""States in which an agent holds the operation (its lease counts)."""
 
 
 class ArtifactKind(StrEnum):
@@ -166,6 +181,20 @@ class EnvironmentRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     schema_version: int = JOB_SCHEMA_VERSION
-    type: str = "environment"
     request_id: uuid.UUID
     process: ProcessSelector
+
+
+class ControlAction(StrEnum):
+    STOP = "stop"  # StopTracing: rundown, a whole file, Succeeded
+    CANCEL = "cancel"  # drop the session, discard the artifact
+
+
+class ControlMessage(BaseModel):
+    """``DELETE /operations/{id}``: delivered on the agent's queue so it acts within a second."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = JOB_SCHEMA_VERSION
+    operation_id: uuid.UUID
+    action: ControlAction

@@ -11,6 +11,7 @@ import boto3
 import pytest
 
 from dnmon_api import app as api
+from dnmon_core.models import ProcessInfo
 from dnmon_core.store import AgentRegistry
 from tests.apigw import FakeContext, header, rest_event
 from tests.conftest import AwsStack
@@ -40,7 +41,8 @@ def registry(aws_stack: AwsStack) -> AgentRegistry:
 
 
 def _agent(registry: AgentRegistry, host: str, processes: list[dict[str, Any]]) -> None:
-    registry.heartbeat(f"agent-{host}", host, f"https://sqs/{host}", "0.1.0", processes)
+    registry.register(f"agent-{host}", host, f"https://sqs/{host}", "0.1.0")
+    registry.publish_processes(f"agent-{host}", host, [ProcessInfo.model_validate(p) for p in processes])
 
 
 def _process(pid: int, name: str = "dotnet", uid: str | None = None) -> dict[str, Any]:
@@ -98,30 +100,34 @@ def test_missing_and_malformed_bodies(aws_stack: AwsStack) -> None:
 
 
 def test_process_resolution_messages(aws_stack: AwsStack, registry: AgentRegistry) -> None:
-    assert "No dnmon agent" in problem(call("POST", "/trace", body=TRACE_BODY))["detail"]
+    detail = problem(call("POST", "/trace", body=TRACE_BODY))["detail"]
+    assert detail.startswith("Unable to discover a target process.") and "no dnmon agent" in detail
     _agent(registry, "web-1", [_process(10), _process(11)])
     detail = problem(call("POST", "/trace", body=TRACE_BODY))["detail"]
     assert "default process" in detail and "10 dotnet" in detail and "11 dotnet" in detail
     detail = problem(call("POST", "/trace", query={"pid": "12"}, body=TRACE_BODY))["detail"]
-    assert "Unable to find" in detail and "10 dotnet" in detail
-    assert (
-        "2 processes match"
-        in problem(call("POST", "/trace", query={"name": "DOTNET"}, body=TRACE_BODY))["detail"]
-    )
-    _agent(registry, "web-2", [_process(20, uid=UID)])
-    assert "host parameter" in problem(call("POST", "/trace", query={"pid": "20"}, body=TRACE_BODY))["detail"]
+    assert detail.startswith("Unable to discover a target process.") and "pid=12" in detail
+    detail = problem(call("POST", "/trace", query={"name": "DOTNET"}, body=TRACE_BODY))["detail"]
+    assert "2 processes match" in detail and "on host web-1" in detail
+    _agent(registry, "web-2", [_process(20, uid=UID), _process(10)])
+    # pid 20 is on one host only: no host parameter needed (the 429/202 path needs a queue, so a
+    # 503 from the fake queue URL proves the request got past resolution)
+    assert call("POST", "/trace", query={"pid": "20"}, body=TRACE_BODY)["statusCode"] == 503
+    detail = problem(call("POST", "/trace", query={"pid": "10"}, body=TRACE_BODY))["detail"]
+    assert "2 processes match" in detail and "web-1" in detail and "web-2" in detail
     assert "host" in problem(call("POST", "/trace", query={"host": "web-9"}, body=TRACE_BODY))["errors"]
     listed = json.loads(call("GET", "/processes")["body"])
-    assert sorted(p["pid"] for p in listed) == [10, 11, 20] and not any(p["isDefault"] for p in listed)
-    only = json.loads(call("GET", "/processes", query={"host": "web-2"})["body"])
-    assert [(p["pid"], p["isDefault"]) for p in only] == [(20, True)]
+    assert sorted(p["pid"] for p in listed) == [10, 10, 11, 20]
+    assert not any(p["isDefault"] for p in listed)
+    only = json.loads(call("GET", "/processes", query={"host": "web-1"})["body"])
+    assert sorted(p["pid"] for p in only) == [10, 11]
     info = json.loads(call("GET", "/process", query={"uid": UID})["body"])
     assert info["pid"] == 20 and info["managedEntryPointAssemblyName"] == "App"
 
 
 def test_operations_routes_validate(aws_stack: AwsStack) -> None:
     assert "operationId" in problem(call("GET", "/operations/nope"))["errors"]
-    assert "was not found" in problem(call("GET", f"/operations/{uuid.uuid4()}"))["detail"]
+    assert problem(call("GET", f"/operations/{uuid.uuid4()}"))["detail"].startswith("Operation not found.")
     assert "pid" in problem(call("GET", "/operations", query={"pid": "x"}))["errors"]
     assert json.loads(call("GET", "/operations")["body"]) == []
     assert problem(call("GET", "/nowhere"), 404)

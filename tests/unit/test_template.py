@@ -63,6 +63,7 @@ AGENT_ACTIONS = {
     "sqs:ChangeMessageVisibility",
     "s3:PutObject",
     "s3:AbortMultipartUpload",
+    "kms:GetPublicKey",
     "s3:ListMultipartUploadParts",
 }
 PROBLEM_JSON = "'application/problem+json'"
@@ -240,6 +241,8 @@ def test_parameters(sam: dict[str, Any]) -> None:
         "StageName": "v1",
         "TraceLimit": 3,
         "LiveMetricsLimit": 3,
+        "FleetTraceLimit": "",
+        "FleetLiveMetricsLimit": "",
         "ArtifactRetentionDays": 30,
         "AuthSubject": None,
         "AuthPublicKey": None,
@@ -269,7 +272,7 @@ def _environment(sam: dict[str, Any], function: str) -> dict[str, str]:
 
 def test_globals(sam: dict[str, Any]) -> None:
     function = sam["Globals"]["Function"]
-    assert function["Runtime"] == "python3.11"
+    assert function["Runtime"] == "python3.12"  # Amazon Linux 2023; python3.11 runs on AL2 (EOL)
     assert function["Architectures"] in (["arm64"], ["x86_64"])
     assert function["Timeout"] <= 29  # API Gateway's integration timeout
     variables = function["Environment"]["Variables"]
@@ -280,6 +283,8 @@ def test_globals(sam: dict[str, Any]) -> None:
     assert variables["DNMON_LIVEMETRICS_LIMIT"] == {"Ref": "LiveMetricsLimit"}
     assert variables["DNMON_SYNC_BUDGET_SECONDS"] == {"Ref": "SyncBudgetSeconds"}
     assert variables["DNMON_AGENT_QUEUE_PREFIX"] == {"Ref": "AgentQueuePrefix"}
+    assert variables["DNMON_SIGNING_KEY"] == {"Fn::GetAtt": ["SigningKey", "Arn"]}
+    assert variables["DNMON_FLEET_TRACE_LIMIT"] == {"Ref": "FleetTraceLimit"}
 
 
 def test_the_environment_configures_the_service(sam: dict[str, Any]) -> None:
@@ -289,6 +294,7 @@ def test_the_environment_configures_the_service(sam: dict[str, Any]) -> None:
     assert settings.bucket == "res-ArtifactBucket"
     assert settings.sync_budget_seconds == 25
     assert set(settings.limits.values()) == {3}
+    assert settings.fleet_limits == {}  # no fleet cap unless one is configured
     assert settings.egress_providers["s3"].bucket == "res-ArtifactBucket"
 
 
@@ -436,6 +442,7 @@ def test_dead_letter_queue_and_outputs(sam: dict[str, Any]) -> None:
         "AgentHostPolicyArn",
         "DeadLetterQueueArn",
         "AgentQueuePrefix",
+        "SigningKeyArn",
     }
     assert outputs["DeadLetterQueueArn"]["Value"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
     assert outputs["AgentHostPolicyArn"]["Value"] == {"Ref": "AgentHostPolicy"}
@@ -488,7 +495,7 @@ def test_agent_host_policy_is_least_privilege(sam: dict[str, Any]) -> None:
     statements = _statements(policy)
     _assert_no_wildcards(statements)
     actions = {action for s in statements for action in _as_list(s["Action"])}
-    assert actions == AGENT_ACTIONS  # nothing else (the bucket uses SSE-S3: no kms:*)
+    assert actions == AGENT_ACTIONS  # nothing else (SSE-S3 bucket; kms only to read the signing key)
     resources = json.dumps([s["Resource"] for s in statements])
     assert "${AgentQueuePrefix}*" in resources
     assert "${ArtifactBucket.Arn}/*" in resources
@@ -513,7 +520,8 @@ def test_function_roles_are_least_privilege(transformed: dict[str, Any]) -> None
     for statement in statements:
         for action in _as_list(statement["Action"]):
             by_service.setdefault(action.split(":")[0], set()).add(action)
-    assert set(by_service) == {"dynamodb", "s3", "sqs"}
+    assert set(by_service) == {"dynamodb", "s3", "sqs", "kms"}
+    assert by_service["kms"] == {"kms:Sign"}
     assert by_service["s3"] == {"s3:GetObject", "s3:PutObject"}
     assert by_service["sqs"] == {"sqs:SendMessage", "sqs:GetQueueUrl"}
     assert "${AgentQueuePrefix}*" in json.dumps(statements)

@@ -33,6 +33,7 @@ from ..diagnostics.discovery import find_sockets
 from ..worker import Agent, AgentSettings
 from . import dotnet, template
 from .gateway import Gateway, wait_until_serving
+from .resources import create_signing_key
 
 log = logging.getLogger("dnmon.local")
 
@@ -170,7 +171,11 @@ class LocalStack:
         dlq = boto3.client("sqs").create_queue(QueueName="dnmon-agent-dlq")["QueueUrl"]
         attributes = boto3.client("sqs").get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])
         self.env["DNMON_DEAD_LETTER_ARN"] = attributes["Attributes"]["QueueArn"]
+        # The key that signs every job, as the template's SigningKey: the agent verifies with its public half.
+        self.env["DNMON_SIGNING_KEY"] = create_signing_key(boto3.client("kms"))
         self.options.artifacts.mkdir(parents=True, exist_ok=True)
+        self.env["DNMON_EGRESS_DIRECTORIES"] = str(self.options.artifacts.resolve())
+        os.environ.update(self.env)
 
     def _configure_auth(self) -> None:
         if not self.options.auth:
@@ -218,7 +223,6 @@ class LocalStack:
     def _start_agent(self) -> None:
         settings = AgentSettings.from_env({**os.environ, "DNMON_AGENT_ID": "local"})
         settings.poll_seconds = 2  # a quick Ctrl-C; long polling on moto is real
-        settings.heartbeat_seconds = 5
         agent = Agent(settings)
         agent.register()
         stop = threading.Event()
@@ -253,7 +257,7 @@ class LocalStack:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise UpError(f"the sample app did not start (exit code {process.poll()})")
             time.sleep(0.1)
-        self.agent.heartbeat()  # announce it now rather than at the next heartbeat
+        self.agent.refresh_processes()  # announce it now rather than at the next scan
 
     # --- stop ----------------------------------------------------------------------------------
 

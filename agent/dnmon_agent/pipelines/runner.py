@@ -49,16 +49,24 @@ class CaptureResult:
     stopped: bool  # a graceful stop (duration over or asked for) was sent
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass
 class StopControl:
-    """How a running capture learns it must end: ``stop`` gracefully or ``cancel`` at once."""
+    """How a running capture learns it must end: ``stop`` gracefully or ``cancel`` at once.
+
+    ``on_started`` runs once the EventPipe session is open (the operation becomes Running then).
+    """
 
     stop: threading.Event
     cancel: threading.Event
+    on_started: Callable[[], None] = _nothing
 
     @classmethod
-    def new(cls) -> StopControl:
-        return cls(threading.Event(), threading.Event())
+    def new(cls, on_started: Callable[[], None] = _nothing) -> StopControl:
+        return cls(threading.Event(), threading.Event(), on_started)
 
 
 def pump(
@@ -117,13 +125,15 @@ def _cut_short(total: int, kept: str) -> CaptureError:
     )
 
 
-def _start(client: DiagnosticsClient, config: SessionConfiguration) -> EventPipeSession:
+def _start(client: DiagnosticsClient, config: SessionConfiguration, control: StopControl) -> EventPipeSession:
     try:
-        return client.start_session(config)
+        session = client.start_session(config)
     except IpcError as exc:
         raise CaptureError(
             f"could not start the EventPipe session: {exc}", code="SessionStartFailed"
         ) from exc
+    control.on_started()
+    return session
 
 
 def run_trace(
@@ -135,7 +145,7 @@ def run_trace(
     control: StopControl,
 ) -> CaptureResult:
     """Pass the raw nettrace through to ``sink`` untouched; fail if the stream was cut."""
-    session = _start(client, config)
+    session = _start(client, config, control)
     framing = NettraceFraming()
     framing_error: list[NettraceError] = []
 
@@ -171,7 +181,7 @@ def run_live_metrics(
     config = SessionConfiguration(
         tuple(pipeline.providers()), circular_buffer_mb=buffer_mb, request_rundown=False
     )
-    session = _start(client, config)
+    session = _start(client, config, control)
     decoder = NettraceDecoder(wants=pipeline.wants)
 
     def on_bytes(chunk: memoryview) -> None:
