@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
@@ -313,12 +314,41 @@ def _parse_buffer_size(value: Any) -> Any:
     return number
 
 
+# The wire shapes of the two converted fields, for the OpenAPI document (the validators above
+# are the authority; these describe their input).
+_KEYWORDS_SCHEMA: Final[dict[str, Any]] = {
+    "type": "string",
+    "description": "0x-prefixed hexadecimal (up to 16 digits) or a signed 64-bit decimal; -1 is all.",
+    "pattern": "^(0[xX]0*[0-9a-fA-F]{1,16}|[+-]?[0-9]+)\\u0000*$",
+}
+_EVENT_LEVEL_SCHEMA: Final[dict[str, Any]] = {
+    "anyOf": [
+        {"type": "string", "enum": list(_LEVEL_LABELS.values())},
+        {"type": "integer", "minimum": 0, "maximum": 5},
+    ],
+    "description": "An EventLevel name (any casing) or its number.",
+}
+
+
+def _keywords_default(schema: dict[str, Any]) -> None:
+    schema["properties"]["keywords"]["default"] = "0xFFFFFFFFFFFFFFFF"  # as written, not the int held
+
+
 class EventPipeProviderModel(ContractModel):
     """One provider of ``POST /trace``; ``keywords`` is held as an int and written back as hex."""
 
+    model_config = ConfigDict(**ContractModel.model_config, json_schema_extra=_keywords_default)
+
     name: Annotated[str, _reject_blank("name"), _no_nul("name")]
-    keywords: Annotated[int, BeforeValidator(_parse_keywords)] = ALL_KEYWORDS
-    event_level: Annotated[EventLevel, BeforeValidator(_parse_event_level)] = EventLevel.VERBOSE
+    keywords: Annotated[int, BeforeValidator(_parse_keywords), WithJsonSchema(_KEYWORDS_SCHEMA)] = (
+        ALL_KEYWORDS
+    )
+    event_level: Annotated[
+        EventLevel,
+        BeforeValidator(_parse_event_level),
+        WithJsonSchema(_EVENT_LEVEL_SCHEMA),
+        Field(json_schema_extra={"default": "Verbose"}),
+    ] = EventLevel.VERBOSE
     arguments: dict[str, str] | None = None
 
     @field_validator("arguments")
@@ -349,9 +379,11 @@ class EventProvidersConfiguration(ContractModel):
 
     providers: Annotated[list[EventPipeProviderModel], Field(min_length=1)]
     request_rundown: JsonBool = True
-    buffer_size_in_mb: Annotated[int, BeforeValidator(_parse_buffer_size), Field(alias="bufferSizeInMB")] = (
-        256
-    )
+    buffer_size_in_mb: Annotated[
+        int,
+        BeforeValidator(_parse_buffer_size),
+        Field(alias="bufferSizeInMB", json_schema_extra={"minimum": 1, "maximum": 1024}),
+    ] = 256
 
     @model_validator(mode="after")
     def _fits_one_ipc_message(self) -> EventProvidersConfiguration:

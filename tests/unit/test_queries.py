@@ -65,6 +65,7 @@ def dotnet_answers() -> dict[str, list[str]]:
     return {text: answer.split(" ") for text, answer in zip(INPUTS, answers, strict=True)}
 
 
+@pytest.mark.dotnet
 @pytest.mark.parametrize("text", INPUTS)
 def test_int_bool_guid_parse_like_dotnet(text: str) -> None:
     as_int, _, _, as_bool, as_guid, _ = dotnet_answers()[text]
@@ -82,6 +83,7 @@ def _keywords(text: str) -> int | None:
         return None
 
 
+@pytest.mark.dotnet
 @pytest.mark.parametrize("text", INPUTS)
 def test_keywords_parse_like_dotnet_monitor(text: str) -> None:
     # IntegerOrHexString: "0x"-prefixed → long hex parse of the rest; else long signed decimal.
@@ -95,6 +97,7 @@ def test_keywords_parse_like_dotnet_monitor(text: str) -> None:
     assert _keywords("0x" + text) == expected_hex
 
 
+@pytest.mark.dotnet
 @pytest.mark.parametrize("text", INPUTS)
 def test_counter_interval_text_parses_like_dotnet_float(text: str) -> None:
     as_float = dotnet_answers()[text][5]
