@@ -11,12 +11,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from dnmon_core.config import ConfigurationError
 from dnmon_core.store import InvalidToken, StoreError
 
-from . import info, livemetrics, operations, processes, trace
+from . import info, livemetrics, openapi, operations, processes, trace
 from .problems import Problem, validation_problem
 
 logger = Logger(service="dnmon")
 app = APIGatewayRestResolver()
-for group in (livemetrics, trace, processes, operations, info):
+for group in (livemetrics, trace, processes, operations, info, openapi):
     app.include_router(group.router)
 
 

@@ -12,7 +12,6 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,85 +35,25 @@ from dnmon_core.operations import (
     OperationProcess,
     OperationState,
     ProcessSelector,
-    parse_tags,
 )
+from dnmon_core.queries import CaptureQuery, ProcessQuery
 from dnmon_core.signing import MessageType
 from dnmon_core.store import AgentRecord, OperationRecord, StoreError, utcnow
 
 from .problems import Problem, rate_limited, validation_problem
 from .services import Services
 
-MAX_DURATION = 2147483647
 POLL_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
-class ProcessQuery:
-    pid: int | None = None
-    uid: uuid.UUID | None = None
-    name: str | None = None
-    host: str | None = None
-
-
-@dataclass(frozen=True)
-class CaptureQuery:
-    process: ProcessQuery
-    duration_seconds: int = 30
-    egress_provider: str | None = None
-    tags: tuple[str, ...] = ()
-
-
-def _get(params: Mapping[str, Any], name: str) -> str | None:
-    """Query names bind case-insensitively in ASP.NET, as body properties do."""
-    for key, value in params.items():
-        if key.lower() == name.lower():
-            return None if value is None else str(value)
-    return None
-
-
-def parse_process_query(params: Mapping[str, Any], errors: dict[str, list[str]]) -> ProcessQuery:
-    pid = uid = None
-    pid_text = _get(params, "pid")
-    if pid_text is not None:
-        try:
-            pid = int(pid_text)
-            if pid < 0:
-                raise ValueError
-        except ValueError:
-            errors["pid"] = [f"The value '{pid_text}' is not valid for pid."]
-    uid_text = _get(params, "uid")
-    if uid_text is not None:
-        try:
-            uid = uuid.UUID(uid_text)
-        except ValueError:
-            errors["uid"] = [f"The value '{uid_text}' is not valid for uid."]
-    name = _get(params, "name") or None
-    host = _get(params, "host") or None
-    return ProcessQuery(pid, uid, name, host)
-
-
-def parse_capture_query(params: Mapping[str, Any], services: Services) -> CaptureQuery:
-    errors: dict[str, list[str]] = {}
-    process = parse_process_query(params, errors)
-    duration = 30
-    duration_text = _get(params, "durationSeconds")
-    if duration_text is not None:
-        try:
-            duration = int(duration_text)
-        except ValueError:
-            errors["durationSeconds"] = [f"The value '{duration_text}' is not valid for durationSeconds."]
-        else:
-            if duration == 0 or duration < -1 or duration > MAX_DURATION:
-                errors["durationSeconds"] = [
-                    f"The field durationSeconds must be between -1 and {MAX_DURATION}, and not 0."
-                ]
-    egress = _get(params, "egressProvider") or None
-    if egress is not None and egress not in services.settings.egress_providers:
+def check_egress(query: CaptureQuery, services: Services) -> None:
+    """``egressProvider`` must name a configured provider (a 400 naming the field otherwise)."""
+    name = query.egress_provider
+    if name is not None and name not in services.settings.egress_providers:
         known = ", ".join(sorted(services.settings.egress_providers)) or "none configured"
-        errors["egressProvider"] = [f"Egress provider '{egress}' does not exist (configured: {known})."]
-    if errors:
-        raise validation_problem(errors)
-    return CaptureQuery(process, duration, egress, tuple(parse_tags(_get(params, "tags"))))
+        raise validation_problem(
+            {"egressProvider": [f"Egress provider '{name}' does not exist (configured: {known})."]}
+        )
 
 
 def parse_body(kind: ArtifactKind, body: str | None) -> dict[str, Any]:
@@ -252,7 +191,7 @@ def start_capture(
     trace_profile: str | None = None,
 ) -> OperationRecord:
     """Resolve, reserve the host's slot, write the operation Starting, send the signed job."""
-    target = resolve_target(services, query.process)
+    target = resolve_target(services, query)
     agent, process = target.agent, target.process
     operation_id = uuid.uuid4()
     lease = services.settings.claim_seconds
@@ -266,7 +205,7 @@ def start_capture(
         status=OperationState.STARTING,
         created=created,
         process=OperationProcess(pid=process.pid, uid=process.uid, name=process.name) if process else None,
-        tags=list(query.tags),
+        tags=query.tag_set,
         egress_provider_name=query.egress_provider,
         agent_id=agent.agent_id,
         host_name=agent.host_name,

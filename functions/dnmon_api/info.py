@@ -8,7 +8,9 @@ from importlib import metadata
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from .http import base_url, next_link, page_limit, query
+from dnmon_core.queries import InfoQuery
+
+from .http import base_url, bind, next_link, query
 from .services import services
 
 router = APIGatewayRouter()
@@ -23,8 +25,8 @@ def _version() -> str:
 
 @router.get("/info")
 def get_info() -> Response[str]:
-    params = query(router)
-    page = services().registry.page(limit=page_limit(params), token=params.get("next") or None)
+    params = bind(router, InfoQuery)
+    page = services().registry.page(limit=params.limit, token=params.next)
     agents = page.agents
     body = {
         "version": _version(),
@@ -41,6 +43,8 @@ def get_info() -> Response[str]:
         ],
     }
     headers = (
-        {"Link": next_link(base_url(router), "/info", params, page.next_token)} if page.next_token else None
+        {"Link": next_link(base_url(router), "/info", query(router), page.next_token)}
+        if page.next_token
+        else None
     )
     return Response(200, "application/json", json.dumps(body), headers=headers)

@@ -9,17 +9,18 @@ from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from dnmon_core.models import EventMetricsConfiguration
 from dnmon_core.operations import ArtifactKind
+from dnmon_core.queries import CaptureQuery
 
 from . import captures
-from .http import base_url, body_text, query
+from .http import base_url, bind, json_body
 from .services import services
 
 router = APIGatewayRouter()
 
 
-def _run(configuration: dict[str, Any]) -> Response[Any]:
+def _run(capture_query: CaptureQuery, configuration: dict[str, Any]) -> Response[Any]:
     svc = services()
-    capture_query = captures.parse_capture_query(query(router), svc)
+    captures.check_egress(capture_query, svc)
     record = captures.start_capture(svc, ArtifactKind.LIVEMETRICS, capture_query, configuration)
     location = captures.location_of(base_url(router), record.operation_id)
     return captures.respond(svc, record, capture_query, location)
@@ -27,9 +28,12 @@ def _run(configuration: dict[str, Any]) -> Response[Any]:
 
 @router.post("/livemetrics")
 def post_livemetrics() -> Response[Any]:
-    return _run(captures.parse_body(ArtifactKind.LIVEMETRICS, body_text(router)))
+    capture_query = bind(router, CaptureQuery)
+    return _run(capture_query, captures.parse_body(ArtifactKind.LIVEMETRICS, json_body(router)))
 
 
 @router.get("/livemetrics")
 def get_livemetrics() -> Response[Any]:
-    return _run(EventMetricsConfiguration().model_dump(mode="json", by_alias=True))
+    return _run(
+        bind(router, CaptureQuery), EventMetricsConfiguration().model_dump(mode="json", by_alias=True)
+    )

@@ -15,12 +15,12 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
-from dnmon_core.operations import ControlAction, ControlMessage, OperationState, OperationStatus, parse_tags
+from dnmon_core.operations import ControlAction, ControlMessage, OperationState, OperationStatus
+from dnmon_core.queries import OperationsQuery, StopQuery
 from dnmon_core.signing import MessageType
 from dnmon_core.store import NotFound, OperationRecord, StoreError, TransitionRejected, filter_of
 
-from . import captures
-from .http import base_url, next_link, page_limit, query
+from .http import base_url, bind, next_link, query
 from .problems import Problem, validation_problem
 from .services import Services, services
 
@@ -60,30 +60,27 @@ def _json(status_code: int, payload: Any, **headers: str) -> Response[str]:
 
 @router.get("/operations")
 def list_operations() -> Response[str]:
-    params = query(router)
-    errors: dict[str, list[str]] = {}
-    process = captures.parse_process_query(params, errors)
-    if errors:
-        raise validation_problem(errors)
+    params = bind(router, OperationsQuery)
     svc = services()
     agent_id: str | None = None
-    if process.host is not None:
-        agents = svc.registry.by_host(process.host, alive_only=False)
+    if params.host is not None:
+        agents = svc.registry.by_host(params.host, alive_only=False)
         if not agents:
-            raise validation_problem({"host": [f"No dnmon agent has registered host '{process.host}'."]})
+            raise validation_problem({"host": [f"No dnmon agent has registered host '{params.host}'."]})
         agent_id = agents[0].agent_id
     page = svc.store.page(
         agent_id=agent_id,
-        where=filter_of(process.pid, process.uid, process.name, parse_tags(params.get("tags"))),
-        limit=page_limit(params),
-        token=params.get("next") or None,
+        where=filter_of(params.pid, params.uid, params.name, params.tag_set),
+        limit=params.limit,
+        token=params.next,
     )
     summaries = [
         r.to_status().model_dump(mode="json", exclude={"resource_location", "error"}) for r in page.records
     ]
     if page.next_token is None:
         return _json(200, summaries)
-    return _json(200, summaries, Link=next_link(base_url(router), "/operations", params, page.next_token))
+    link = next_link(base_url(router), "/operations", query(router), page.next_token)
+    return _json(200, summaries, Link=link)
 
 
 @router.get("/operations/<operation_id>")
@@ -98,7 +95,7 @@ def get_operation(operation_id: str) -> Response[str]:
 def delete_operation(operation_id: str) -> Response[str]:
     svc = services()
     op_id = _operation_id(operation_id)
-    stop = str(query(router).get("stop", "false")).lower() == "true"
+    stop = bind(router, StopQuery).stop
     record = _load(svc, op_id)
     try:
         if stop:

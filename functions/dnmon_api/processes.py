@@ -16,12 +16,13 @@ from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 
 from dnmon_core.models import ProcessInfo
 from dnmon_core.operations import EnvironmentRequest, ProcessSelector
+from dnmon_core.queries import HostQuery, ProcessListQuery, ProcessQuery
 from dnmon_core.signing import MessageType
 from dnmon_core.store import AgentRecord
 
 from . import captures
-from .http import base_url, next_link, page_limit, query
-from .problems import Problem, validation_problem
+from .http import base_url, bind, next_link, parse_query_or_400, query
+from .problems import Problem
 from .services import services
 
 ENV_WAIT_SECONDS = 15.0
@@ -36,14 +37,13 @@ def _json(payload: Any, headers: dict[str, str] | None = None) -> Response[str]:
 
 @router.get("/processes")
 def list_processes() -> Response[str]:
-    params = query(router)
+    params = bind(router, ProcessListQuery)
     svc = services()
-    host = params.get("host")
     next_token: str | None = None
-    if host:
-        agents = svc.registry.by_host(host)
+    if params.host is not None:
+        agents = svc.registry.by_host(params.host)
     else:
-        page = svc.registry.page(limit=page_limit(params), token=params.get("next") or None)
+        page = svc.registry.page(limit=params.limit, token=params.next)
         agents, next_token = page.agents, page.next_token
     entries = [(a, p) for a in agents for p in a.processes]
     single = len(entries) == 1 and next_token is None
@@ -51,31 +51,29 @@ def list_processes() -> Response[str]:
         {"pid": p.pid, "uid": str(p.uid), "name": p.name, "isDefault": single, "host": a.host_name}
         for a, p in entries
     ]
-    headers = {"Link": next_link(base_url(router), "/processes", params, next_token)} if next_token else None
-    return _json(body, headers)
+    if next_token is None:
+        return _json(body)
+    return _json(body, {"Link": next_link(base_url(router), "/processes", query(router), next_token)})
 
 
-def _resolve(params: dict[str, Any]) -> tuple[AgentRecord, ProcessInfo]:
-    errors: dict[str, list[str]] = {}
-    process_query = captures.parse_process_query(params, errors)
-    if errors:
-        raise validation_problem(errors)
+def _resolve(process_query: ProcessQuery) -> tuple[AgentRecord, ProcessInfo]:
     target = captures.resolve_target(services(), process_query)
     if target.process is None:
         raise Problem(400, captures.NOT_FOUND)
     return target.agent, target.process
 
 
-def _process_info(params: dict[str, Any]) -> Response[str]:
-    return _json(_resolve(params)[1].model_dump(mode="json"))
+def _process_info(process_query: ProcessQuery) -> Response[str]:
+    return _json(_resolve(process_query)[1].model_dump(mode="json"))
 
 
 @router.get("/processes/env")
+@router.get("/env")
 def get_environment() -> Response[str]:
     """Only the agent can ask the runtime: a signed request on its queue, the reply through the table
-    (read once and deleted: an environment may hold secrets)."""
+    (read once and deleted: an environment may hold secrets). ``/env`` is dotnet-monitor's name."""
     svc = services()
-    agent, process = _resolve(query(router))
+    agent, process = _resolve(bind(router, ProcessQuery))
     request = EnvironmentRequest(
         request_id=uuid.uuid4(),
         process=ProcessSelector(pid=process.pid, uid=None if process.uid.int == 0 else process.uid),
@@ -96,9 +94,10 @@ def get_environment() -> Response[str]:
 
 @router.get("/processes/<pid>")
 def get_process_by_pid(pid: str) -> Response[str]:
-    return _process_info({**query(router), "pid": pid})
+    host = bind(router, HostQuery).host
+    return _process_info(parse_query_or_400(ProcessQuery, {"pid": pid, **({"host": host} if host else {})}))
 
 
 @router.get("/process")
 def get_process() -> Response[str]:
-    return _process_info(query(router))
+    return _process_info(bind(router, ProcessQuery))

@@ -13,8 +13,10 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dnmon_core.operations import ArtifactKind
+from dnmon_core.queries import CaptureQuery
 
 from . import captures
+from .http import parse_query_or_400
 from .problems import Problem
 from .services import services
 
@@ -30,7 +32,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         if kind is None:
             raise Problem(400, f"route must be one of {sorted(_ROUTES)}, not {route!r}")
         svc = services()
-        query = captures.parse_capture_query(dict(event.get("query") or {}), svc)
+        raw_query = {str(k): str(v) for k, v in (event.get("query") or {}).items()}
+        query = parse_query_or_400(CaptureQuery, raw_query)
+        captures.check_egress(query, svc)
         body = event.get("body")
         configuration = captures.parse_body(
             kind, body if isinstance(body, str) or body is None else json.dumps(body)

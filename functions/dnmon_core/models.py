@@ -15,8 +15,9 @@ import functools
 import json
 import math
 import re
+import struct
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -28,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
@@ -94,6 +96,20 @@ def _reject_blank(field_name: str) -> Any:
     return BeforeValidator(check)
 
 
+def _no_nul(field_name: str) -> Any:
+    """The runtime reads names as C strings: a NUL ends them, so ``"\\u0000"`` names no provider."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise _error(
+                "nul_character",
+                f"The {field_name} field contains NUL, which ends the name the runtime reads.",
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
 def _none_as_empty(value: Any) -> Any:
     # A JSON null for a collection means "none given", as dotnet-monitor treats it.
     return [] if value is None else value
@@ -135,7 +151,7 @@ METRICS_SPEC_FORBIDDEN: Final = frozenset(',;\\"\r\n')
 (the runtime splits it on ``\\r \\n , ;`` and reads ``Meter\\Instrument``); ``"`` cannot be quoted."""
 
 
-_CHARACTER_NAMES: Final = {"\r": "a carriage return", "\n": "a line feed"}
+_CHARACTER_NAMES: Final = {"\r": "a carriage return", "\n": "a line feed", "\x00": "NUL"}
 
 
 def _describe(characters: set[str]) -> str:
@@ -162,15 +178,19 @@ def _metrics_spec_name(field_name: str) -> Any:
 class EventMetricsProvider(ContractModel):
     """An EventCounter provider; ``counterNames`` empty or absent means all of its counters."""
 
-    provider_name: Annotated[str, _reject_blank("providerName")]
+    provider_name: Annotated[str, _reject_blank("providerName"), _no_nul("providerName")]
     counter_names: list[str] | None = None
 
 
 class EventMetricsMeter(ContractModel):
     """A System.Diagnostics.Metrics meter; ``instrumentNames`` empty or absent means all instruments."""
 
-    meter_name: Annotated[str, _reject_blank("meterName"), _metrics_spec_name("meterName")]
-    instrument_names: list[Annotated[str, _metrics_spec_name("instrumentName")]] | None = None
+    meter_name: Annotated[
+        str, _reject_blank("meterName"), _metrics_spec_name("meterName"), _no_nul("meterName")
+    ]
+    instrument_names: (
+        list[Annotated[str, _metrics_spec_name("instrumentName"), _no_nul("instrumentName")]] | None
+    ) = None
 
 
 class EventMetricsConfiguration(ContractModel):
@@ -194,6 +214,11 @@ class EventMetricsConfiguration(ContractModel):
                 "nothing_to_collect",
                 "At least one provider or meter is required when includeDefaultProviders is false.",
             )
+        # The counter interval is configuration, not body: budget for the longest interval text.
+        size = livemetrics_message_size(self, WORST_CASE_INTERVAL)
+        if size > MAX_IPC_MESSAGE:
+            meters = _metrics_provider_size(self, WORST_CASE_INTERVAL)
+            raise _oversized("meters" if meters * 2 > size else "providers", size)
         return self
 
 
@@ -250,37 +275,36 @@ def _parse_event_level(value: Any) -> EventLevel:
 
 ALL_KEYWORDS: Final = 0xFFFF_FFFF_FFFF_FFFF
 
-_DECIMAL = re.compile(r"[0-9]+", re.ASCII)
-_HEX = re.compile(r"0[xX]([0-9a-fA-F]+)", re.ASCII)
+_SIGNED_DECIMAL = re.compile(r"[+-]?[0-9]+\x00*", re.ASCII)
+_HEX_DIGITS = re.compile(r"0*([0-9a-fA-F]{1,16})\x00*", re.ASCII)
 
 
 def _parse_keywords(value: Any) -> int:
-    """Keywords as text: decimal or ``0x`` hex, unsigned, at most 64 bits (JSON integers too)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number: int | None = value
-    elif isinstance(value, str):
-        text = value.strip()
-        number = None
-        if _DECIMAL.fullmatch(text):
-            number = int(text)
-        elif hex_digits := _HEX.fullmatch(text):
-            number = int(hex_digits.group(1), 16)
-    else:
-        number = None
-    if number is None:
-        raise _error(
-            "keywords_format",
-            f"The value {json.dumps(value, default=str)} is not valid keywords: "
-            "expected a decimal or 0x-prefixed hexadecimal number.",
-        )
-    if not 0 <= number <= ALL_KEYWORDS:
-        raise _error("keywords_range", "Keywords must fit in 64 bits (0 to 0xFFFFFFFFFFFFFFFF).")
-    return number
+    """dotnet-monitor's ``IntegerOrHexString``: a JSON string, ``0x`` + up to 16 hex digits or a
+    signed 64-bit decimal (``"-1"`` is every bit), held here as the unsigned 64-bit mask.
+
+    .NET's ``long.TryParse`` is followed exactly (no whitespace, no underscores, ASCII digits only,
+    trailing NULs tolerated); a JSON number is not a string, so it is refused as dotnet-monitor does.
+    """
+    if not isinstance(value, str):
+        raise _error("keywords_type", "Value must be of type string.")
+    if not value.strip():
+        raise _error("keywords_empty", "Value cannot be null, empty, or whitespace.")
+    if value[:2].lower() == "0x":
+        digits = _HEX_DIGITS.fullmatch(value[2:])
+        if digits is None:
+            raise _error("keywords_hex", f"The value '{value}' is not a valid hexadecimal number.")
+        return int(digits.group(1), 16)
+    number = int(value.rstrip("\x00")) if _SIGNED_DECIMAL.fullmatch(value) else None
+    if number is None or not -(2**63) <= number < 2**63:
+        raise _error("keywords_integer", f"The value '{value}' is not a valid integer.")
+    return number & ALL_KEYWORDS
 
 
-FILTER_DATA_FORBIDDEN: Final = frozenset(';="')
-"""Characters an argument key or value may not hold: ``;`` and ``=`` delimit the provider's filter
-data (``key=value;key=value``) and ``"`` is the quote the encoder would need."""
+UNQUOTABLE_ARGUMENT_CHARACTERS: Final = frozenset('"\x00')
+"""What an argument key or value cannot carry to the runtime. Its filter-data parser (verified on
+.NET 8.0.4) drops every ``"`` as a quote toggle and has no escape, and it reads C strings, so a NUL
+ends the text. ``;`` and ``=`` are fine: the encoder quotes them, as the .NET client does."""
 
 
 def _parse_buffer_size(value: Any) -> Any:
@@ -290,27 +314,54 @@ def _parse_buffer_size(value: Any) -> Any:
     return number
 
 
+# The wire shapes of the two converted fields, for the OpenAPI document (the validators above
+# are the authority; these describe their input).
+_KEYWORDS_SCHEMA: Final[dict[str, Any]] = {
+    "type": "string",
+    "description": "0x-prefixed hexadecimal (up to 16 digits) or a signed 64-bit decimal; -1 is all.",
+    "pattern": "^(0[xX]0*[0-9a-fA-F]{1,16}|[+-]?[0-9]+)\\u0000*$",
+}
+_EVENT_LEVEL_SCHEMA: Final[dict[str, Any]] = {
+    "anyOf": [
+        {"type": "string", "enum": list(_LEVEL_LABELS.values())},
+        {"type": "integer", "minimum": 0, "maximum": 5},
+    ],
+    "description": "An EventLevel name (any casing) or its number.",
+}
+
+
+def _keywords_default(schema: dict[str, Any]) -> None:
+    schema["properties"]["keywords"]["default"] = "0xFFFFFFFFFFFFFFFF"  # as written, not the int held
+
+
 class EventPipeProviderModel(ContractModel):
     """One provider of ``POST /trace``; ``keywords`` is held as an int and written back as hex."""
 
-    name: Annotated[str, _reject_blank("name")]
-    keywords: Annotated[int, BeforeValidator(_parse_keywords)] = ALL_KEYWORDS
-    event_level: Annotated[EventLevel, BeforeValidator(_parse_event_level)] = EventLevel.VERBOSE
+    model_config = ConfigDict(**ContractModel.model_config, json_schema_extra=_keywords_default)
+
+    name: Annotated[str, _reject_blank("name"), _no_nul("name")]
+    keywords: Annotated[int, BeforeValidator(_parse_keywords), WithJsonSchema(_KEYWORDS_SCHEMA)] = (
+        ALL_KEYWORDS
+    )
+    event_level: Annotated[
+        EventLevel,
+        BeforeValidator(_parse_event_level),
+        WithJsonSchema(_EVENT_LEVEL_SCHEMA),
+        Field(json_schema_extra={"default": "Verbose"}),
+    ] = EventLevel.VERBOSE
     arguments: dict[str, str] | None = None
 
     @field_validator("arguments")
     @classmethod
-    def _no_smuggled_filter_data(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+    def _arguments_the_runtime_can_receive(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         for key, text in (value or {}).items():
-            if not key:
-                raise _error("argument_key", "An argument name must not be empty.")
             for kind, part in (("name", key), ("value", text)):
-                bad = set(part) & FILTER_DATA_FORBIDDEN
+                bad = set(part) & UNQUOTABLE_ARGUMENT_CHARACTERS
                 if bad:
                     raise _error(
                         "argument_character",
-                        f"Argument {kind} {json.dumps(part)} contains {_describe(bad)}, which would "
-                        "alter the provider's filter data.",
+                        f"Argument {kind} {json.dumps(part)} contains {_describe(bad)}, which the "
+                        "runtime's filter-data parser cannot receive (it drops '\"' and stops at NUL).",
                     )
         return value
 
@@ -328,9 +379,220 @@ class EventProvidersConfiguration(ContractModel):
 
     providers: Annotated[list[EventPipeProviderModel], Field(min_length=1)]
     request_rundown: JsonBool = True
-    buffer_size_in_mb: Annotated[int, BeforeValidator(_parse_buffer_size), Field(alias="bufferSizeInMB")] = (
-        256
+    buffer_size_in_mb: Annotated[
+        int,
+        BeforeValidator(_parse_buffer_size),
+        Field(alias="bufferSizeInMB", json_schema_extra={"minimum": 1, "maximum": 1024}),
+    ] = 256
+
+    @model_validator(mode="after")
+    def _fits_one_ipc_message(self) -> EventProvidersConfiguration:
+        size = trace_message_size(self)
+        if size > MAX_IPC_MESSAGE:
+            raise _oversized("providers", size)
+        return self
+
+
+# --- what the agent will send: the size of the IPC request, and the counter interval ----------
+
+MAX_IPC_MESSAGE: Final = 0xFFFF
+"""A diagnostics IPC message carries its total length in a uint16 (protocols.md §1.2)."""
+
+_IPC_HEADER: Final = 20
+_COLLECT_TRACING2_FIXED: Final = 4 + 4 + 1 + 4  # buffer MB, format, rundown, provider count
+_PROVIDER_FIXED: Final = 8 + 4  # keywords, level
+_GUID_TEXT: Final = 36
+SHARED_SESSION_ID: Final = "SHARED"
+WORST_CASE_INTERVAL: Final = 1 / 3
+"""An interval whose invariant text is as long as any (``0.3333333333333333``)."""
+MAX_TIME_SERIES: Final = 1000
+MAX_HISTOGRAMS: Final = 20
+METRICS_PROVIDER: Final = "System.Diagnostics.Metrics"
+
+
+def _oversized(field_name: str, size: int) -> PydanticCustomError:
+    # Raised for the whole body; ``field`` tells validation_errors which property to name.
+    return PydanticCustomError(
+        "ipc_message_size",
+        f"The EventPipe session request would be {size} bytes; the runtime's diagnostics IPC takes at "
+        f"most {MAX_IPC_MESSAGE} bytes per message. Use fewer or shorter {field_name}.",
+        {"field": field_name},
     )
+
+
+def quote_filter_argument(text: str) -> str:
+    """The .NET client's quoting (EventPipeProvider.GetArgumentString): a key or value holding
+    ``;`` or ``=`` is wrapped in double quotes, anything else is written as is."""
+    return f'"{text}"' if (";" in text or "=" in text) else text
+
+
+def filter_data(arguments: Mapping[str, str] | None) -> str:
+    """``key=value;key=value`` as the .NET client builds it; no arguments is the empty string."""
+    if not arguments:
+        return ""
+    return ";".join(f"{quote_filter_argument(k)}={quote_filter_argument(v)}" for k, v in arguments.items())
+
+
+def _ipc_string_size(text: str) -> int:
+    # uint32 character count, then UTF-16 code units including the NUL.
+    return 4 + len(text.encode("utf-16-le", "surrogatepass")) + 2
+
+
+def _provider_size(name: str, arguments: Mapping[str, str] | None) -> int:
+    return _PROVIDER_FIXED + _ipc_string_size(name) + _ipc_string_size(filter_data(arguments))
+
+
+def collect_tracing2_size(providers: Iterable[tuple[str, Mapping[str, str] | None]]) -> int:
+    """Bytes of the CollectTracing2 message (header included) for (name, arguments) providers."""
+    return _IPC_HEADER + _COLLECT_TRACING2_FIXED + sum(_provider_size(n, a) for n, a in providers)
+
+
+def trace_message_size(config: EventProvidersConfiguration) -> int:
+    """The agent's CollectTracing2 request for this ``POST /trace`` body, in bytes."""
+    return collect_tracing2_size((p.name, p.arguments) for p in config.providers)
+
+
+def invariant_number(value: float) -> str:
+    """Invariant-culture text of a number, as the runtime parses filter arguments (``5``, ``0.5``)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _counter_sources(config: EventMetricsConfiguration) -> list[str]:
+    names = dict.fromkeys(DEFAULT_COUNTER_PROVIDERS if config.include_default_providers else ())
+    names.update(dict.fromkeys(p.provider_name for p in config.providers))
+    return list(names)
+
+
+def metrics_spec(config: EventMetricsConfiguration) -> str:
+    """The ``Metrics`` argument: ``Meter`` or ``Meter\\Instrument`` entries joined by commas.
+
+    Merged as the agent merges them: a meter without instrument names means all of its
+    instruments and absorbs any list given for it; instruments keep their first-seen order."""
+    meters: dict[str, list[str] | None] = {}
+    for meter in config.meters:
+        names = meter.instrument_names
+        if not names:
+            meters[meter.meter_name] = None
+        elif meters.get(meter.meter_name, []) is not None:
+            current = meters.setdefault(meter.meter_name, [])
+            assert current is not None
+            current.extend(n for n in names if n not in current)
+    specs: list[str] = []
+    for meter_name, instruments in meters.items():
+        specs.extend([meter_name] if instruments is None else [f"{meter_name}\\{i}" for i in instruments])
+    return ",".join(specs)
+
+
+def metrics_arguments(
+    config: EventMetricsConfiguration, interval_seconds: float, session_id: str, client_id: str
+) -> dict[str, str] | None:
+    """The MetricsEventSource arguments of a live-metrics session; None without meters."""
+    if not config.meters:
+        return None
+    interval = invariant_number(interval_seconds)
+    return {
+        "SessionId": session_id,
+        "Metrics": metrics_spec(config),
+        "RefreshInterval": interval,
+        "MaxTimeSeries": str(MAX_TIME_SERIES),
+        "MaxHistograms": str(MAX_HISTOGRAMS),
+        "ClientId": client_id,
+    }
+
+
+def _metrics_provider_size(
+    config: EventMetricsConfiguration,
+    interval_seconds: float,
+    session_id: str = "0" * _GUID_TEXT,
+    client_id: str = "0" * _GUID_TEXT,
+) -> int:
+    arguments = metrics_arguments(config, interval_seconds, session_id, client_id)
+    return 0 if arguments is None else _provider_size(METRICS_PROVIDER, arguments)
+
+
+def livemetrics_message_size(
+    config: EventMetricsConfiguration,
+    interval_seconds: float,
+    *,
+    session_id: str = "0" * _GUID_TEXT,
+    client_id: str = "0" * _GUID_TEXT,
+) -> int:
+    """The agent's CollectTracing2 request for this ``POST /livemetrics`` body, in bytes.
+
+    ``session_id`` defaults to a GUID's length, the longest the agent uses (``SHARED`` on .NET 8+)."""
+    counter_arguments = {"EventCounterIntervalSec": invariant_number(interval_seconds)}
+    size = collect_tracing2_size((name, counter_arguments) for name in _counter_sources(config))
+    return size + _metrics_provider_size(config, interval_seconds, session_id, client_id)
+
+
+COUNTER_INTERVAL_ARGUMENT: Final = "EventCounterIntervalSec"
+
+_NET_FLOAT = re.compile(
+    r"[\t\n\v\f\r ]*([+-]?)(?:(infinity)|(nan)|((?:[0-9][0-9,]*)?(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?))"
+    r"[\t\n\v\f\r ]*\x00*",
+    re.ASCII | re.IGNORECASE,
+)
+
+
+def parse_net_float(text: str) -> float | None:
+    """``float.TryParse`` with the invariant culture (Float | AllowThousands), as a single; None
+    when .NET would not parse it. Verified against .NET 8 in tests/unit/test_queries.py."""
+    match = _NET_FLOAT.fullmatch(text)
+    if match is None:
+        return None
+    sign, infinity, nan, number = match.groups()
+    if nan:
+        return math.nan
+    if infinity:
+        return -math.inf if sign == "-" else math.inf
+    mantissa = number.split("e")[0].split("E")[0].replace(",", "")
+    if not any(c.isdigit() for c in mantissa) or (number.startswith(",")):
+        return None
+    value = float(sign + number.replace(",", ""))
+    return _single(value)
+
+
+def _single(value: float) -> float:
+    """Round to IEEE single precision (.NET ``float``); beyond its range is infinity, as .NET gives."""
+    try:
+        return float(struct.unpack("<f", struct.pack("<f", value))[0])
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def _single_text(value: float) -> str:
+    # .NET Core 3.0+ writes a float as the shortest text that reads back to the same single.
+    for digits in range(1, 10):
+        text = f"{value:.{digits}g}"
+        if _single(float(text)) == value:
+            return text.replace("e+", "E+").replace("e-", "E-")
+    return repr(value)
+
+
+def counter_interval_errors(
+    config: EventProvidersConfiguration,
+    interval_seconds: float,
+    provider_intervals: Mapping[str, float] | None = None,
+) -> dict[str, list[str]]:
+    """dotnet-monitor's CounterValidator for ``POST /trace``: a provider whose
+    ``EventCounterIntervalSec`` argument parses as a number other than the configured counter
+    interval (per provider if configured, names case-insensitive) would publish samples the
+    monitor drops, so it is a 400. Unparsable text is left to the provider, as dotnet-monitor does.
+    Returns the ``errors`` map (empty when all is well)."""
+    per_provider = {k.lower(): v for k, v in (provider_intervals or {}).items()}
+    errors: dict[str, list[str]] = {}
+    for index, provider in enumerate(config.providers):
+        text = (provider.arguments or {}).get(COUNTER_INTERVAL_ARGUMENT)
+        if text is None:
+            continue
+        given = parse_net_float(text)
+        expected = _single(per_provider.get(provider.name.lower(), interval_seconds))
+        if given is not None and given != expected:
+            errors[f"providers[{index}].arguments.{COUNTER_INTERVAL_ARGUMENT}"] = [
+                f"Custom trace metric provider '{provider.name}' must use the expected counter "
+                f"interval '{_single_text(expected)}'."
+            ]
+    return errors
 
 
 # --- validation errors -----------------------------------------------------------------------
@@ -352,6 +614,9 @@ def validation_errors(exc: ValidationError) -> dict[str, list[str]]:
     errors: dict[str, list[str]] = {}
     for detail in exc.errors(include_url=False):
         loc = tuple(detail["loc"])
+        named = (detail.get("ctx") or {}).get("field")
+        if not loc and isinstance(named, str):
+            loc = (named,)
         if detail["type"] == "missing" and loc and isinstance(loc[-1], str):
             message = f"The {loc[-1]} field is required."
         elif detail["type"] == "too_short" and loc == ("providers",):

@@ -60,7 +60,9 @@ def _process(pid: int, name: str = "dotnet", uid: str | None = None) -> dict[str
 @pytest.mark.parametrize(
     ("query", "field"),
     [
-        ({"durationSeconds": "0"}, "durationSeconds"),
+        ({"pid": "4_2"}, "pid"),
+        ({"pid": "\u0661\u0662\u0663"}, "pid"),
+        ({"PID": "1", "pid": "2"}, "pid"),
         ({"durationSeconds": "-2"}, "durationSeconds"),
         ({"durationSeconds": "1.5"}, "durationSeconds"),
         ({"durationSeconds": "2147483648"}, "durationSeconds"),
@@ -83,8 +85,8 @@ def test_bad_query_fields(aws_stack: AwsStack, query: dict[str, str], field: str
         ({"Providers": []}, "providers"),
         ({"Providers": [{"Name": "P", "Keywords": "0xZZ"}]}, "providers[0].keywords"),
         ({"Providers": [{"Name": "P", "EventLevel": "Loud"}]}, "providers[0].eventLevel"),
-        ({"Providers": [{"Name": "P", "Arguments": {"a": "1;b=2"}}]}, "providers[0].arguments"),
-        ({"Providers": [{"Name": "P", "Arguments": {"a=b": "1"}}]}, "providers[0].arguments"),
+        ({"Providers": [{"Name": "P", "Arguments": {"a": 'say "hi"'}}]}, "providers[0].arguments"),
+        ({"Providers": [{"Name": "\u0000"}]}, "providers[0].name"),
         ({"Providers": [{"Name": ""}]}, "providers[0].name"),
     ],
 )

@@ -10,6 +10,15 @@ import pytest
 from dnmon_agent.diagnostics import ipc
 from dnmon_agent.diagnostics.errors import IpcError, IpcProtocolError, IpcServerError
 from dnmon_agent.diagnostics.ipc import Command, EventPipeProvider, SessionConfiguration
+from dnmon_agent.pipelines.counters import CountersPipeline
+from dnmon_agent.pipelines.trace import session_configuration
+from dnmon_core.models import (
+    WORST_CASE_INTERVAL,
+    EventMetricsConfiguration,
+    EventProvidersConfiguration,
+    livemetrics_message_size,
+    trace_message_size,
+)
 
 
 def _string(text: str) -> bytes:
@@ -38,7 +47,7 @@ def test_collect_tracing2_exact_bytes() -> None:
     )
     payload = (
         struct.pack("<II?I", 256, 1, True, 2)
-        + struct.pack("<QI", 0, 5) + _string("Microsoft-DotNETCore-SampleProfiler") + b"\0\0\0\0"
+        + struct.pack("<QI", 0, 5) + _string("Microsoft-DotNETCore-SampleProfiler") + _string("")
         + struct.pack("<QI", 0, 4) + _string("CustomProvider") + _string("EventCounterIntervalSec=1")
     )  # fmt: skip
     header = b"DOTNET_IPC_V1\0" + struct.pack("<HBBH", 20 + len(payload), 2, 3, 0)
@@ -73,8 +82,57 @@ def test_filter_data_quotes_separators() -> None:
         "System.Diagnostics.Metrics", 2, 4, {"Metrics": "A\\x;A\\y", "SessionId": "S"}
     )
     assert provider.filter_data() == 'Metrics="A\\x;A\\y";SessionId=S'
-    with pytest.raises(ValueError):
-        EventPipeProvider("P", arguments={"k": 'a"b'}).filter_data()
+
+
+SPECS = (
+    "Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Start@Activity1Start:"
+    "-Method=Request.Method;Path=Request.Path"
+)
+
+
+# What Microsoft.Diagnostics.NETCore.Client's EventPipeProvider.GetArgumentString writes: a key or
+# value holding ';' or '=' is wrapped in '"', nothing else is touched (a lone '"' is not quoted).
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (None, ""),
+        ({}, ""),
+        ({"a": "1", "b": "2"}, "a=1;b=2"),
+        ({"k": "v;w"}, 'k="v;w"'),
+        ({"k": "x=y"}, 'k="x=y"'),
+        ({"a;b": "v"}, '"a;b"=v'),
+        ({"a=b": "c=d"}, '"a=b"="c=d"'),
+        ({"k": 'say "hi"'}, 'k=say "hi"'),
+        ({"k": 'a"b;c'}, 'k="a"b;c"'),
+        ({"": "v", "e": ""}, "=v;e="),
+        ({"FilterAndPayloadSpecs": SPECS}, f'FilterAndPayloadSpecs="{SPECS}"'),
+    ],
+)
+def test_filter_data_is_the_dotnet_clients(arguments: dict[str, str] | None, expected: str) -> None:
+    assert EventPipeProvider("P", arguments=arguments).filter_data() == expected
+
+
+def test_quoted_arguments_exact_bytes() -> None:
+    config = SessionConfiguration((EventPipeProvider("Dnmon-ArgsEcho", 0xFF, 4, {"a;b": "x=y", "c": "d"}),))
+    text = '"a;b"="x=y";c=d'
+    payload = (
+        struct.pack("<II?I", 256, 1, True, 1)
+        + struct.pack("<QI", 0xFF, 4)
+        + struct.pack("<I", 15) + "Dnmon-ArgsEcho\0".encode("utf-16-le")
+        + struct.pack("<I", len(text) + 1) + (text + "\0").encode("utf-16-le")
+    )  # fmt: skip
+    assert (
+        ipc.encode_collect_tracing2(config)
+        == b"DOTNET_IPC_V1\0" + struct.pack("<HBBH", 20 + len(payload), 2, 3, 0) + payload
+    )
+
+
+def test_lone_surrogates_are_written_as_the_replacement_character() -> None:
+    # Encoding.Unicode (the .NET client's) substitutes U+FFFD; the unit count stays the same.
+    assert ipc._string("a\ud800") == struct.pack("<I", 3) + bytes.fromhex("6100 fdff 0000".replace(" ", ""))
+    assert ipc._string("\U0001f600") == struct.pack("<I", 3) + bytes.fromhex(
+        "3dd8 00de 0000".replace(" ", "")
+    )
 
 
 def test_oversized_request_is_refused() -> None:
@@ -151,3 +209,52 @@ def test_environment_continuation() -> None:
     assert ipc.parse_environment_size(struct.pack("<IH", 1234, 0)) == 1234
     with pytest.raises(IpcProtocolError):
         ipc.parse_environment(struct.pack("<I", 2) + _string("A=1"))
+
+
+# --- dnmon_core's size estimate (the API's 400) is the encoder's real length -------------------
+
+TRACE_BODIES: list[dict[str, object]] = [
+    {"providers": [{"name": "Microsoft-Windows-DotNETRuntime"}]},
+    {"providers": [{"name": "P", "arguments": {"a;b": "x=y", "": "", "é": "\U0001f600"}}]},
+    {"providers": [{"name": f"Provider{i}", "arguments": {"k": "v" * i}} for i in range(50)]},
+    {"providers": [{"name": "Lone\ud800", "arguments": {"FilterAndPayloadSpecs": "A/B@C:-x=y;z\r\nD"}}]},
+]
+
+
+@pytest.mark.parametrize("body", TRACE_BODIES)
+def test_trace_size_estimate_is_the_encoded_length(body: dict[str, object]) -> None:
+    config = EventProvidersConfiguration.model_validate(body)
+    encoded = ipc.encode_collect_tracing2(session_configuration(config))
+    assert trace_message_size(config) == len(encoded)
+
+
+LIVEMETRICS_BODIES: list[dict[str, object]] = [
+    {},
+    {"includeDefaultProviders": False, "providers": [{"providerName": "CustomProvider"}]},
+    {"providers": [{"providerName": "System.Runtime"}, {"providerName": "A", "counterNames": ["x"]}]},
+    {"meters": [{"meterName": "M"}, {"meterName": "M", "instrumentNames": ["a"]}, {"meterName": "N"}]},
+    {
+        "meters": [
+            {"meterName": "M", "instrumentNames": ["a", "b", "a"]},
+            {"meterName": "M", "instrumentNames": ["c"]},
+        ]
+    },
+    {"meters": [{"meterName": "Mé", "instrumentNames": [f"i{n}" for n in range(500)]}]},
+]
+
+
+@pytest.mark.parametrize("body", LIVEMETRICS_BODIES)
+@pytest.mark.parametrize("interval", [5, 0.5, 1 / 3])
+@pytest.mark.parametrize("session_id", [None, "3f1e1f5c-6e86-4d4b-9a57-1c1b6d9d2f10"])
+def test_livemetrics_size_estimate_is_the_encoded_length(
+    body: dict[str, object], interval: float, session_id: str | None
+) -> None:
+    config = EventMetricsConfiguration.model_validate(body)
+    pipeline = CountersPipeline(config, interval, session_id=session_id)
+    encoded = ipc.encode_collect_tracing2(SessionConfiguration(pipeline.providers()))
+    estimate = livemetrics_message_size(
+        config, interval, session_id=pipeline.session_id, client_id=pipeline.client_id
+    )
+    assert estimate == len(encoded)
+    # The API's check budgets for the longest session id and interval text the agent may use.
+    assert livemetrics_message_size(config, WORST_CASE_INTERVAL) >= len(encoded)

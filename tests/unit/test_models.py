@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from dnmon_core.models import (
     ALL_KEYWORDS,
+    MAX_IPC_MESSAGE,
     EventLevel,
     EventMetricsConfiguration,
     EventPipeProviderModel,
@@ -22,9 +23,11 @@ from dnmon_core.models import (
     Metric,
     ProcessIdentifier,
     ProcessInfo,
+    counter_interval_errors,
     error_path,
     format_timestamp,
     iter_json_seq,
+    trace_message_size,
     validation_errors,
 )
 
@@ -170,11 +173,13 @@ def test_defaults() -> None:
         ("0", 0),
         ("0x0", 0),
         ("0X14c14fccbd", 0x14C14FCCBD),
-        ("18446744073709551615", ALL_KEYWORDS),
         ("0xFFFFFFFFFFFFFFFF", ALL_KEYWORDS),
         ("0x00000000000000000001", 1),
-        (" 12 ", 12),
-        (5, 5),
+        ("-1", ALL_KEYWORDS),  # long.TryParse: signed decimal, two's complement
+        ("+12", 12),
+        ("-9223372036854775808", 1 << 63),
+        ("9223372036854775807", (1 << 63) - 1),
+        ("0xff\0", 255),  # .NET's number parsing tolerates trailing NULs
     ],
 )
 def test_keywords_accepted(text: Any, expected: int) -> None:
@@ -247,8 +252,14 @@ def test_empty_providers_message() -> None:
     "keywords",
     [
         "0xZZ",
-        "-1",
         str(2**64),
+        "18446744073709551615",  # beyond long: dotnet-monitor refuses it
+        "9223372036854775808",
+        " 12 ",
+        "0x 1",
+        "0x+1",
+        "0x-1",
+        "0x1 ",
         "0x1" + "0" * 16,
         "",
         "0x",
@@ -258,6 +269,7 @@ def test_empty_providers_message() -> None:
         "1.0",
         2**64,
         -1,
+        5,  # a JSON number is not a string
         True,
         None,
     ],
@@ -279,27 +291,32 @@ def test_unknown_event_level(level: Any) -> None:
 @pytest.mark.parametrize(
     "arguments",
     [
-        {"Key": "a;b"},
-        {"Key": "a=b"},
-        {"a;b": "v"},
-        {"a=b": "v"},
         {"Key": 'say "hi"'},
-        {"": "v"},
+        {'a"b': "v"},
+        {"Key": "a\0b"},
         {"Key": None},
         {"Key": 1},
         ["Key=v"],
     ],
 )
-def test_arguments_that_would_smuggle_filter_data(arguments: Any) -> None:
+def test_arguments_the_runtime_cannot_receive(arguments: Any) -> None:
     errors = trace_errors({"providers": [{"name": "A"}, {"name": "P", "arguments": arguments}]})
     assert [key.startswith("providers[1].arguments") for key in errors] == [True]
 
 
-def test_smuggling_message_names_the_argument() -> None:
-    errors = trace_errors(with_provider(arguments={"Key": "1;Other=2"}))
+def test_separators_in_arguments_are_ordinary() -> None:
+    # The encoder quotes them as the .NET client does (DiagnosticSource's FilterAndPayloadSpecs).
+    args = {"a;b": "1;Other=2", "x=y": "", "": "empty key"}
+    config = EventProvidersConfiguration.model_validate(with_provider(arguments=args))
+    assert config.providers[0].arguments == args
+
+
+def test_quote_message_names_the_argument() -> None:
+    errors = trace_errors(with_provider(arguments={"Key": 'a"b'}))
     assert errors == {
         "providers[0].arguments": [
-            "Argument value \"1;Other=2\" contains ';' and '=', which would alter the provider's filter data."
+            'Argument value "a\\"b" contains \'"\', which the runtime\'s filter-data parser cannot '
+            "receive (it drops '\"' and stops at NUL)."
         ]
     }
 
@@ -499,3 +516,105 @@ def test_core_imports_neither_agent_nor_boto3() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- what can never reach the runtime ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"providers": [{"name": "\u0000"}]}, "providers[0].name"),
+        ({"providers": [{"name": "A\u0000B"}]}, "providers[0].name"),
+    ],
+)
+def test_nul_in_a_trace_provider_name(body: dict[str, Any], field: str) -> None:
+    errors = trace_errors(body)
+    assert list(errors) == [field] and "NUL" in errors[field][0]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"providers": [{"providerName": "\u0000"}]}, "providers[0].providerName"),
+        ({"meters": [{"meterName": "\u0000"}]}, "meters[0].meterName"),
+        ({"meters": [{"meterName": "M", "instrumentNames": ["a\u0000"]}]}, "meters[0].instrumentNames[0]"),
+    ],
+)
+def test_nul_in_livemetrics_names(body: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        EventMetricsConfiguration.model_validate(body)
+    assert list(validation_errors(caught.value)) == [field]
+
+
+def test_trace_request_larger_than_one_ipc_message() -> None:
+    many = {"providers": [{"name": f"Provider-{i:04d}-" + "x" * 40} for i in range(700)]}
+    errors = trace_errors(many)
+    assert list(errors) == ["providers"] and "65535" in errors["providers"][0]
+    huge_name = {"providers": [{"name": "N" * 33000}]}
+    assert list(trace_errors(huge_name)) == ["providers"]
+    huge_argument = with_provider(arguments={"FilterAndPayloadSpecs": "s;" * 20000})
+    assert list(trace_errors(huge_argument)) == ["providers"]
+
+
+def test_trace_request_just_within_one_ipc_message() -> None:
+    # header 20 + fixed 13 + provider (12 + name string + empty filter data string 6) = 65535
+    name = "N" * ((MAX_IPC_MESSAGE - 20 - 13 - 12 - 6 - 4) // 2 - 1)
+    config = EventProvidersConfiguration.model_validate({"providers": [{"name": name}]})
+    assert trace_message_size(config) == MAX_IPC_MESSAGE
+    with pytest.raises(ValidationError):
+        EventProvidersConfiguration.model_validate({"providers": [{"name": name + "N"}]})
+
+
+def test_livemetrics_request_larger_than_one_ipc_message() -> None:
+    instruments = [f"instrument{i}" for i in range(10_000)]
+    with pytest.raises(ValidationError) as caught:
+        EventMetricsConfiguration.model_validate(
+            {"meters": [{"meterName": "M", "instrumentNames": instruments}]}
+        )
+    assert list(validation_errors(caught.value)) == ["meters"]
+    providers = [{"providerName": f"Provider.{i:05d}"} for i in range(2000)]
+    with pytest.raises(ValidationError) as caught:
+        EventMetricsConfiguration.model_validate({"providers": providers})
+    assert list(validation_errors(caught.value)) == ["providers"]
+
+
+# --- dotnet-monitor's counter-interval rule for custom traces -----------------------------------
+
+
+def _interval_config(*intervals: str) -> EventProvidersConfiguration:
+    return EventProvidersConfiguration.model_validate(
+        {
+            "providers": [
+                {"name": f"P{i}", "arguments": {"EventCounterIntervalSec": v}}
+                for i, v in enumerate(intervals)
+            ]
+        }
+    )
+
+
+def test_counter_interval_must_match_the_configured_one() -> None:
+    assert counter_interval_errors(_interval_config("5", "5.0", " 5 ", "5e0", "not a number"), 5) == {}
+    errors = counter_interval_errors(_interval_config("5", "1", "NaN"), 5)
+    assert errors == {
+        "providers[1].arguments.EventCounterIntervalSec": [
+            "Custom trace metric provider 'P1' must use the expected counter interval '5'."
+        ],
+        "providers[2].arguments.EventCounterIntervalSec": [
+            "Custom trace metric provider 'P2' must use the expected counter interval '5'."
+        ],
+    }
+
+
+def test_counter_interval_compares_as_single_precision_and_per_provider() -> None:
+    assert counter_interval_errors(_interval_config("0.1", "0.100000001"), 0.1) == {}
+    assert counter_interval_errors(_interval_config("2"), 5, {"p0": 2}) == {}
+    message = counter_interval_errors(_interval_config("1"), 0.1)[
+        "providers[0].arguments.EventCounterIntervalSec"
+    ]
+    assert message == ["Custom trace metric provider 'P0' must use the expected counter interval '0.1'."]
+    # The argument name is matched exactly (a JSON object binds to an ordinal dictionary).
+    other_case = EventProvidersConfiguration.model_validate(
+        {"providers": [{"name": "P", "arguments": {"eventcounterintervalsec": "1"}}]}
+    )
+    assert counter_interval_errors(other_case, 5) == {}

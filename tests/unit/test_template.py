@@ -41,12 +41,14 @@ ROUTES = {
     ("GET", "/processes"),
     ("GET", "/processes/{pid}"),
     ("GET", "/processes/env"),
+    ("GET", "/env"),
     ("GET", "/process"),
     ("GET", "/operations"),
     ("GET", "/operations/{operationId}"),
     ("DELETE", "/operations/{operationId}"),
     ("GET", "/operations/{operationId}/artifact"),
     ("GET", "/info"),
+    ("GET", "/openapi.json"),
 }
 AGENT_ACTIONS = {
     "dynamodb:GetItem",

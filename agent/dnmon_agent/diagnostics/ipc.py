@@ -6,6 +6,7 @@ Every request is validated before it is encoded: some malformed requests crash t
 
 from __future__ import annotations
 
+import re
 import struct
 import uuid
 from collections.abc import Mapping
@@ -74,19 +75,20 @@ class EventPipeProvider:
     level: int = EventLevel.VERBOSE
     arguments: Mapping[str, str] | None = field(default=None)
 
-    def filter_data(self) -> str | None:
-        """``key=value;key=value``; a key or value holding ``;``, ``=`` or ``"`` is quoted."""
+    def filter_data(self) -> str:
+        """``key=value;key=value`` exactly as the .NET client builds it (EventPipeProvider
+        .GetArgumentString): a key or value holding ``;`` or ``=`` is wrapped in double quotes,
+        nothing is escaped, and no arguments is the empty string.
+
+        The runtime's parser (verified on 8.0.4) reads ``"`` as a quote toggle and drops it, so a
+        ``"`` inside a key or value never arrives; the API refuses those before they get here."""
         if not self.arguments:
-            return None
+            return ""
         return ";".join(f"{_quote(k)}={_quote(v)}" for k, v in self.arguments.items())
 
 
 def _quote(text: str) -> str:
-    if any(c in text for c in ';="'):
-        if '"' in text:
-            raise ValueError(f"filter data cannot carry a double quote: {text!r}")
-        return f'"{text}"'
-    return text
+    return f'"{text}"' if (";" in text or "=" in text) else text
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,16 @@ class SessionConfiguration:
 # --- encoding -------------------------------------------------------------------------------
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _string(text: str | None) -> bytes:
+    """uint32 UTF-16 unit count including the NUL, then the units; null is a count of 0.
+
+    Like .NET's ``Encoding.Unicode`` a lone surrogate becomes U+FFFD (the count is unchanged)."""
     if text is None:
         return b"\x00\x00\x00\x00"
-    encoded = (text + "\x00").encode("utf-16-le")
+    encoded = (_LONE_SURROGATE.sub("\ufffd", text) + "\x00").encode("utf-16-le")
     return struct.pack("<I", len(encoded) // 2) + encoded
 
 
