@@ -27,9 +27,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -476,7 +478,12 @@ class ProcessIdentifier(ContractModel):
 
 
 class ProcessInfo(ContractModel):
-    """``GET /processes/{pid}``; ``uid`` is all-zero for .NET Core 3.1 targets."""
+    """``GET /processes/{pid}``; ``uid`` is all-zero for .NET Core 3.1 targets.
+
+    dnmon adds optional fields after dotnet-monitor's: where a containerised process runs (its pid
+    in its own PID namespace, container, pod or ECS task) and, in ``unavailable``, why the agent
+    cannot talk to it. Agents leave them out when unset, so a plain host's shape is unchanged.
+    """
 
     pid: int
     uid: uuid.UUID
@@ -485,3 +492,30 @@ class ProcessInfo(ContractModel):
     operating_system: str
     process_architecture: str
     managed_entry_point_assembly_name: str | None = None
+    namespaced_pid: int | None = None
+    container_id: str | None = None
+    container_runtime: str | None = None
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    ecs_task_id: str | None = None
+    unavailable: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in _PROCESS_EXTRAS:
+            for key in (name, to_camel(name)):
+                if key in data and data[key] is None:
+                    del data[key]
+        return data
+
+
+_PROCESS_EXTRAS: Final = (
+    "namespaced_pid",
+    "container_id",
+    "container_runtime",
+    "pod_name",
+    "pod_namespace",
+    "ecs_task_id",
+    "unavailable",
+)
