@@ -34,10 +34,10 @@ SERVICE_ACCOUNT_NAMESPACE = "var/run/secrets/kubernetes.io/serviceaccount/namesp
 #   docker            /docker/<id>, /system.slice/docker-<id>.scope
 #   containerd (CRI)  /kubepods/.../pod<uid>/<id>, .../cri-containerd-<id>.scope
 #   cri-o             .../crio-<id>.scope, /kubepods/.../crio-<id>
-#   podman            .../libpod-<id>.scope
+#   podman            .../libpod-<id>.scope, .../libpod-<id>.scope/container
 #   ECS on EC2        /ecs/<task id>/<id>;  Fargate: /ecs/<task id>/<task id>-<digits>
 _CONTAINER_SCOPE = re.compile(
-    r"(?:^|/)(?:(docker|cri-containerd|containerd|crio|libpod)-)?([0-9a-f]{64})(?:\.scope)?$"
+    r"(?:^|/)(?:(docker|cri-containerd|containerd|crio|libpod)-)?([0-9a-f]{64})(?:\.scope)?(?:/container)?$"
 )
 _ECS_PATH = re.compile(r"/ecs/([0-9a-f]{32}|[0-9a-f-]{36})/([0-9a-f]{64}|[0-9a-f]{32}-\d+)$")
 _ECS_SLICE = re.compile(r"ecstasks-([0-9a-f]{32})\.slice")
