@@ -14,7 +14,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,8 @@ from typing import Any
 import psutil
 
 from dnmon_agent.diagnostics import procfs
+from dnmon_agent.diagnostics.errors import IpcError
+from dnmon_agent.diagnostics.transport import IpcConnection
 from dnmon_agent.local import dotnet
 from tests.dotnet import build_app
 
@@ -200,10 +201,9 @@ class Container:
 
 
 def _accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
+    """Through the agent's transport, which also reaches paths longer than ``sun_path``."""
+    try:
+        IpcConnection(path, "probe", connect_timeout=1.0).close()
+    except IpcError:
+        return False
     return True

@@ -84,6 +84,15 @@ def test_the_targets_own_tmpdir_and_the_same_pid_in_two_containers(container: Co
         other.close()
 
 
+def test_a_socket_path_longer_than_sun_path_is_still_reached(container: Container) -> None:
+    """The runtime's own path fits in 108 bytes; through /proc/<pid>/root the agent's does not."""
+    tmpdir = "/tmp/" + "d" * 58
+    target = container.start("Sleeper.cs", "120", env={"TMPDIR": tmpdir})
+    info = listed(target.pid)
+    assert len(info.socket_path.encode()) > 107 and info.unavailable is None
+    assert info.managed_entry_point_assembly_name == "Sleeper"
+
+
 def test_live_metrics_and_a_trace_with_rundown_in_a_namespace(container: Container) -> None:
     app = container.start("DemoApp.cs", "metrics")
     busy = container.start("Busy.cs", "120")
@@ -191,18 +200,21 @@ def test_the_scanner_sees_a_process_that_appears_after_its_first_scan(container:
 def docker_cgroup() -> Iterator[tuple[str, Path]]:
     """A cgroup named like Docker's (``/docker/<id>``) in the v1 pids hierarchy, removed after."""
     container_id = uuid.uuid4().hex + uuid.uuid4().hex
-    path = Path("/sys/fs/cgroup/pids/docker") / container_id
+    parent = Path("/sys/fs/cgroup/pids/docker")
+    made_parent = not parent.exists()
+    path = parent / container_id
     try:
         path.mkdir(parents=True)
     except OSError as exc:
         pytest.skip(f"cannot create a cgroup here ({exc}): the cgroup patterns are unit-tested")
     yield container_id, path
-    for _ in range(50):
-        try:
-            path.rmdir()
-            break
-        except OSError:
-            threading.Event().wait(0.1)  # the last task leaves the cgroup just after it exits
+    for leftover in [path, parent] if made_parent else [path]:
+        for _ in range(50):
+            try:
+                leftover.rmdir()
+                break
+            except OSError:
+                threading.Event().wait(0.1)  # the last task leaves the cgroup just after it exits
 
 
 def test_container_and_pod_are_reported_and_selectable(
