@@ -1,12 +1,19 @@
 """Find this host's .NET processes by their diagnostics sockets and describe them.
 
+Two layers: ``find_sockets`` / ``SocketScanner`` (no IPC, cheap enough to run every second) find
+each process's socket in its own mount namespace and $TMPDIR, named by its namespaced pid
+(protocols.md §1.1); ``list_processes`` then asks each runtime about itself and adds the
+container, pod and namespaced pid from /proc.
+
 A socket file outlives a killed process (the runtime only unlinks it on clean exit), so a socket
-counts only when its pid is alive and the socket accepts a command. .NET Core 3.1 rejects the
-Process commands: its description falls back to /proc with the all-zero uid, as dotnet-monitor does.
+counts only when its process is alive, started when the socket's name says, and accepts a command.
+.NET Core 3.1 rejects the Process commands: its description falls back to /proc with the all-zero
+uid, as dotnet-monitor does.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -32,6 +39,7 @@ from .errors import (
     ProcessSelectionError,
 )
 
+log = logging.getLogger(__name__)
 # Facts of a process younger than this are read again: runc, unshare and shell wrappers exec the
 # app (new environment, sometimes a new mount namespace) just after the pid appears.
 SETTLE_SECONDS = 10.0
@@ -109,10 +117,15 @@ def diagnostics_dir() -> Path:
 
 
 def discovery_scope() -> str:
-    """``DNMON_DISCOVERY``: ``all`` (default) or ``tmpdir`` (only the agent's own $TMPDIR)."""
+    """``DNMON_DISCOVERY``: ``all`` (default) or ``tmpdir`` (only the agent's own $TMPDIR).
+
+    An unknown value is logged and read as ``all``: discovery runs on the agent's background
+    threads, where an exception would only stop the heartbeat.
+    """
     scope = os.environ.get("DNMON_DISCOVERY", "all").strip().lower() or "all"
     if scope not in ("all", "tmpdir"):
-        raise ValueError(f"DNMON_DISCOVERY must be 'all' or 'tmpdir', not {scope!r}")
+        log.warning("DNMON_DISCOVERY=%r is neither 'all' nor 'tmpdir': using 'all'", scope)
+        return "all"
     return scope
 
 
@@ -224,7 +237,7 @@ class SocketScanner:
     def _read_facts(self, pid: int, own_mount: str | None, own_dir: str) -> _Facts | None:
         nspids = procfs.namespaced_pids(pid, self.proc)
         if not nspids:
-            return None  # exited, or a kernel without NSpid (< 4.1): the tmpdir scan covers it
+            return None  # exited (kernels before 4.1 lack NSpid: DNMON_DISCOVERY=tmpdir there)
         env = procfs.environment(pid, self.proc)
         mount = procfs.mount_namespace(pid, self.proc)
         ticks = procfs.start_ticks(pid, self.proc)
