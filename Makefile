@@ -46,6 +46,7 @@ bench: venv tools
 	$(BIN)/python -m benchmarks.bench_passthrough
 	$(BIN)/python -m benchmarks.bench_api
 	$(BIN)/python -m benchmarks.bench_agent
+	$(BIN)/python -m benchmarks.bench_discovery
 
 clean:
 	rm -rf $(VENV) .dnmon-cache .pytest_cache .mypy_cache .ruff_cache

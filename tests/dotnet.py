@@ -63,15 +63,18 @@ class DotnetTarget:
         env: dict[str, str] | None = None,
         timeout: float = 30.0,
         ready_line: str | None = "ready",
+        user: int | None = None,
     ) -> DotnetTarget:
         """Start and wait for the socket and, unless ``ready_line`` is None, for that stdout line.
 
         The socket opens before ``Main`` runs (the runtime even reports a partial command line
-        then), so targets print a line once they are set up.
+        then), so targets print a line once they are set up. ``user`` runs it as that uid (root only).
         """
         dll = build_app(source)
         command, full_env = dotnet.launch(dll, *args, runtime=runtime)
         full_env.update(env or {})
+        if user is not None:
+            command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
         proc = subprocess.Popen(
             command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
         )

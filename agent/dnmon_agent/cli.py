@@ -182,7 +182,7 @@ class _JsonSeqWriter:
 
 
 def cmd_processes(args: argparse.Namespace) -> int:
-    json.dump([p.to_process_info() for p in list_processes()], sys.stdout, indent=2)
+    json.dump([p.to_process_info().model_dump(mode="json") for p in list_processes()], sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
 

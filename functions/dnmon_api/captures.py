@@ -91,7 +91,7 @@ def _matches(process: ProcessInfo, query: ProcessQuery) -> bool:
     return (
         (query.pid is None or process.pid == query.pid)
         and (query.uid is None or process.uid == query.uid)
-        and (query.name is None or process.name.casefold() == query.name.casefold())
+        and (query.name is None or process.matches_name(query.name))
     )
 
 

@@ -47,13 +47,20 @@ def list_processes() -> Response[str]:
         agents, next_token = page.agents, page.next_token
     entries = [(a, p) for a in agents for p in a.processes]
     single = len(entries) == 1 and next_token is None
-    body = [
-        {"pid": p.pid, "uid": str(p.uid), "name": p.name, "isDefault": single, "host": a.host_name}
-        for a, p in entries
-    ]
+    body = [_entry(a, p, single) for a, p in entries]
     if next_token is None:
         return _json(body)
     return _json(body, {"Link": next_link(base_url(router), "/processes", query(router), next_token)})
+
+
+_LISTED_EXTRAS = ("namespacedPid", "containerId", "podName", "podNamespace", "ecsTaskId", "unavailable")
+
+
+def _entry(agent: AgentRecord, process: ProcessInfo, single: bool) -> dict[str, Any]:
+    """dotnet-monitor's ProcessIdentifier, plus the host and, where set, the container it runs in."""
+    info = process.model_dump(mode="json")
+    entry = {"pid": process.pid, "uid": str(process.uid), "name": process.name, "isDefault": single}
+    return {**entry, "host": agent.host_name, **{k: info[k] for k in _LISTED_EXTRAS if k in info}}
 
 
 def _resolve(process_query: ProcessQuery) -> tuple[AgentRecord, ProcessInfo]:

@@ -28,10 +28,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     WithJsonSchema,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -740,8 +742,26 @@ class ProcessIdentifier(ContractModel):
     is_default: bool = False
 
 
+SHORT_CONTAINER_ID = 12  # docker's short form: shorter prefixes would match too much
+
+
+def name_matches(wanted: str, name: str, pod_name: str | None, container_id: str | None) -> bool:
+    """The ``name`` selector: the process name, its pod's name, or its container id (full, or a
+    prefix of at least 12 characters), ignoring case."""
+    folded = wanted.casefold()
+    if folded in (name.casefold(), (pod_name or "").casefold()):
+        return True
+    cid = (container_id or "").casefold()
+    return bool(cid) and len(folded) >= SHORT_CONTAINER_ID and cid.startswith(folded)
+
+
 class ProcessInfo(ContractModel):
-    """``GET /processes/{pid}``; ``uid`` is all-zero for .NET Core 3.1 targets."""
+    """``GET /processes/{pid}``; ``uid`` is all-zero for .NET Core 3.1 targets.
+
+    dnmon adds optional fields after dotnet-monitor's: where a containerised process runs (its pid
+    in its own PID namespace, container, pod or ECS task) and, in ``unavailable``, why the agent
+    cannot talk to it. Agents leave them out when unset, so a plain host's shape is unchanged.
+    """
 
     pid: int
     uid: uuid.UUID
@@ -750,3 +770,42 @@ class ProcessInfo(ContractModel):
     operating_system: str
     process_architecture: str
     managed_entry_point_assembly_name: str | None = None
+    namespaced_pid: int | None = None
+    container_id: str | None = None
+    container_runtime: str | None = None
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    ecs_task_id: str | None = None
+    unavailable: str | None = None
+
+    def matches_name(self, name: str) -> bool:
+        return name_matches(name, self.name, self.pod_name, self.container_id)
+
+    def name_keys(self) -> set[str]:
+        """What a ``name`` selector may say to mean this process (the registry indexes each)."""
+        keys = {self.name.casefold()}
+        if self.pod_name:
+            keys.add(self.pod_name.casefold())
+        if self.container_id:
+            keys.add(self.container_id[:SHORT_CONTAINER_ID].casefold())
+        return keys
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in _PROCESS_EXTRAS:
+            for key in (name, to_camel(name)):
+                if key in data and data[key] is None:
+                    del data[key]
+        return data
+
+
+_PROCESS_EXTRAS: Final = (
+    "namespaced_pid",
+    "container_id",
+    "container_runtime",
+    "pod_name",
+    "pod_namespace",
+    "ecs_task_id",
+    "unavailable",
+)

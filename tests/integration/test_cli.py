@@ -178,7 +178,7 @@ def test_errors_are_one_line_and_non_zero(dotnet_target: StartTarget, tmp_path: 
     line = result.stderr.decode().strip()
     assert "\n" not in line and "providers[0].eventLevel" in line and "bufferSizeInMB" in line
 
-    isolated = {**os.environ, "TMPDIR": str(tmp_path)}
+    isolated = {**os.environ, "TMPDIR": str(tmp_path), "DNMON_DISCOVERY": "tmpdir"}
     dotnet_target("Sleeper.cs", "60", env={"TMPDIR": str(tmp_path)})
     dotnet_target("Sleeper.cs", "60", env={"TMPDIR": str(tmp_path)})
     several = dnmon("capture", "metrics", "--duration", "1", env=isolated)

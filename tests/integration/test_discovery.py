@@ -62,8 +62,9 @@ def test_stale_socket_of_a_killed_process_is_ignored(dotnet_target: StartTarget)
 def test_default_process_rule(
     dotnet_target: StartTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A private TMPDIR gives these targets their own discovery directory.
+    # A private TMPDIR, and discovery limited to it, give these targets their own world.
     monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setenv("DNMON_DISCOVERY", "tmpdir")
     with pytest.raises(ProcessSelectionError, match=r"no \.NET process found"):
         select_process(list_processes())
     first = dotnet_target("Sleeper.cs", "60", env={"TMPDIR": str(tmp_path)})

@@ -256,6 +256,21 @@ def test_registry_is_keyed_and_tracks_changes(dynamo_table: Any) -> None:
     assert [c.agent_id for c in registry.candidates(pid=10)] == ["a3"]
 
 
+def test_a_name_may_be_a_pod_or_a_container(dynamo_table: Any) -> None:
+    registry = AgentRegistry(dynamo_table)
+    registry.register("node-1", "node-1", "https://q/1", "1")
+    container_id = "3f4e8a1b2c9d" + "0" * 52
+    app = process(7, "dotnet").model_copy(
+        update={"pod_name": "web-7d9c5-xq2lp", "container_id": container_id}
+    )
+    registry.publish_processes("node-1", "node-1", [app, process(8, "other")])
+    for name in ("DOTNET", "web-7d9c5-XQ2LP", container_id[:12], container_id[:20], container_id):
+        assert [c.pid for c in registry.candidates(name=name)] == [7], name
+    assert registry.candidates(name=container_id[:8]) == []  # too short to mean a container
+    registry.publish_processes("node-1", "node-1", [], previous=[app])
+    assert registry.candidates(name="web-7d9c5-xq2lp") == []
+
+
 def test_registry_pages_sorted_by_host(dynamo_table: Any) -> None:
     registry = AgentRegistry(dynamo_table)
     for i in range(7):

@@ -11,6 +11,7 @@ into this tree, so capture pipelines and the CLI only ever catch ``DiagnosticsEr
     │   ├── IpcServerError       the runtime answered with an error HRESULT
     │   ├── IpcTimeoutError      connect or reply header did not arrive in time
     │   └── IpcConnectionError   the socket could not be opened, or broke mid-command
+    │       └── IpcPermissionError   the socket is another user's (run as that user, or root)
     └── ProcessSelectionError    no process / several processes match a selector
 """
 
@@ -49,6 +50,10 @@ class IpcProtocolError(IpcError):
 
 class IpcConnectionError(IpcError):
     """The diagnostics socket could not be reached or broke during a command."""
+
+
+class IpcPermissionError(IpcConnectionError):
+    """The socket exists but this user may not open it (``srw-------``, owned by the target's user)."""
 
 
 class IpcTimeoutError(IpcError):

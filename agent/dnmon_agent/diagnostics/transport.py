@@ -7,13 +7,33 @@ above this module sees a foreign exception.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from pathlib import Path
 
-from .errors import IpcConnectionError, IpcProtocolError, IpcTimeoutError
+from .errors import IpcConnectionError, IpcPermissionError, IpcProtocolError, IpcTimeoutError
 
 DEFAULT_CONNECT_TIMEOUT = 3.0
 DEFAULT_REPLY_TIMEOUT = 10.0
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, NUL included
+
+
+def _connect(sock: socket.socket, path: str) -> None:
+    """Connect, also to a path longer than ``sun_path`` holds.
+
+    A container's socket reached through ``/proc/<pid>/root/<its TMPDIR>`` can exceed 107 bytes;
+    the directory is then opened with ``O_PATH`` and reached through the short
+    ``/proc/self/fd/<fd>/<name>``, which resolves the same file without a process-wide chdir.
+    """
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        sock.connect(path)
+        return
+    directory, name = os.path.split(path)
+    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+    try:
+        sock.connect(f"/proc/self/fd/{fd}/{name}")
+    finally:
+        os.close(fd)
 
 
 class IpcConnection:
@@ -25,7 +45,7 @@ class IpcConnection:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(connect_timeout)
         try:
-            self._sock.connect(self.path)
+            _connect(self._sock, self.path)
         except TimeoutError as exc:
             self._sock.close()
             raise IpcTimeoutError(
@@ -37,8 +57,9 @@ class IpcConnection:
                 reason = f"{self.path} refuses connections (the process has exited)"
             elif exc.errno == errno.ENOENT:
                 reason = f"{self.path} does not exist (the process has exited)"
-            elif exc.errno == errno.EACCES:
+            elif exc.errno in (errno.EACCES, errno.EPERM):
                 reason = f"permission denied on {self.path} (run as the target's user or root)"
+                raise IpcPermissionError(reason, command) from exc
             else:
                 reason = f"cannot connect to {self.path}: {exc.strerror or exc}"
             raise IpcConnectionError(reason, command) from exc

@@ -299,7 +299,8 @@ class Agent:
             capture.control.stop.set()
         deadline = time.monotonic() + timeout
         for capture in running:
-            capture.thread.join(max(0.0, deadline - time.monotonic()))
+            if capture.thread.ident is not None:  # recorded a moment before its thread starts
+                capture.thread.join(max(0.0, deadline - time.monotonic()))
 
     def deregister(self) -> None:
         """Leave the registry (graceful shutdown): the API stops sending jobs here at once."""

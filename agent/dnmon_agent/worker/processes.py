@@ -53,7 +53,7 @@ class ProcessWatcher:
         # A socket whose runtime did not answer is retried later, not every second.
         answered = {(p.pid, p.socket_path) for p in found.values()}
         self._retry_at = self.clock() + RETRY_SECONDS if answered != set(sockets) else float("inf")
-        infos = [ProcessInfo.model_validate(p.to_process_info()) for p in found.values()]
+        infos = [p.to_process_info() for p in found.values()]
         if self._published is not None and _same(infos, self._published) and not force:
             return False
         self.registry.publish_processes(self.agent_id, self.host_name, infos, self._published or ())

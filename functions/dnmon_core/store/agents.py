@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..models import ProcessInfo
+from ..models import SHORT_CONTAINER_ID, ProcessInfo, name_matches
 from .errors import InvalidToken, map_aws_errors
 from .items import Clock, decode_token, dynamo, encode_token, plain
 
@@ -65,6 +65,20 @@ class Candidate:
     pid: int
     uid: str
     name: str
+    pod_name: str | None = None
+    container_id: str | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Candidate:
+        return cls(
+            item["agentId"],
+            item["hostName"],
+            int(item["pid"]),
+            item["uid"],
+            item["name"],
+            item.get("podName"),
+            item.get("containerId"),
+        )
 
 
 @dataclass(frozen=True)
@@ -82,10 +96,14 @@ def _live(agent_id: str) -> dict[str, str]:
 
 
 def _index_keys(agent_id: str, process: ProcessInfo) -> list[dict[str, str]]:
+    """pid, uid and every name a selector may use (process, pod, short container id)."""
     return [
         {"pk": f"PROC#PID#{process.pid}", "sk": agent_id},
         {"pk": f"PROC#UID#{process.uid}", "sk": agent_id},
-        {"pk": f"PROC#NAME#{process.name.casefold()}", "sk": f"{agent_id}#{process.pid}"},
+        *(
+            {"pk": f"PROC#NAME#{key}", "sk": f"{agent_id}#{process.pid}"}
+            for key in sorted(process.name_keys())
+        ),
     ]
 
 
@@ -172,6 +190,8 @@ class AgentRegistry:
                 "pid": process.pid,
                 "uid": str(process.uid),
                 "name": process.name,
+                "podName": process.pod_name,
+                "containerId": process.container_id,
                 "ttl": int(now + AGENT_TTL_SECONDS),
             }
             puts.extend({"PutRequest": {"Item": {**key, **entry}}} for key in _index_keys(agent_id, process))
@@ -229,31 +249,37 @@ class AgentRegistry:
     def candidates(
         self, *, pid: int | None = None, uid: str | None = None, name: str | None = None
     ) -> list[Candidate]:
-        """Processes that match, fleet-wide, from the most selective index (uid, pid, then name)."""
+        """Processes that match, fleet-wide, from the most selective index (uid, pid, then name:
+        a name may also be a pod name or a container id, indexed by its short form)."""
         if uid is not None:
-            pk = f"PROC#UID#{uid}"
+            keys = [f"PROC#UID#{uid}"]
         elif pid is not None:
-            pk = f"PROC#PID#{pid}"
+            keys = [f"PROC#PID#{pid}"]
         elif name is not None:
-            pk = f"PROC#NAME#{name.casefold()}"
+            folded = name.casefold()
+            keys = list(
+                dict.fromkeys([folded, folded[:SHORT_CONTAINER_ID]] if len(folded) > 12 else [folded])
+            )
+            keys = [f"PROC#NAME#{key}" for key in keys]
         else:
             raise ValueError("a selector needs pid, uid or name")
-        with map_aws_errors("finding the process"):
-            response = self.table.query(
-                KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues={":pk": pk},
-                Limit=CANDIDATE_LIMIT,
-            )
-        found = [
-            Candidate(item["agentId"], item["hostName"], int(item["pid"]), item["uid"], item["name"])
-            for item in response.get("Items", [])
-        ]
+        found: dict[tuple[str, int], Candidate] = {}
+        for pk in keys:
+            with map_aws_errors("finding the process"):
+                response = self.table.query(
+                    KeyConditionExpression="pk = :pk",
+                    ExpressionAttributeValues={":pk": pk},
+                    Limit=CANDIDATE_LIMIT,
+                )
+            for item in response.get("Items", []):
+                candidate = Candidate.from_item(item)
+                found[(candidate.agent_id, candidate.pid)] = candidate
         return [
             c
-            for c in found
+            for c in found.values()
             if (pid is None or c.pid == pid)
             and (uid is None or c.uid == uid)
-            and (name is None or c.name.casefold() == name.casefold())
+            and (name is None or name_matches(name, c.name, c.pod_name, c.container_id))
         ]
 
     def alive_ids(self, agent_ids: Iterable[str]) -> set[str]:
