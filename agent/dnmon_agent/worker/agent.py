@@ -64,6 +64,7 @@ class Agent:
     settings: AgentSettings
     session: boto3.Session = field(default_factory=boto3.Session)
     clock: Callable[[], float] = time.time
+    endpoint_url: str | None = None  # every AWS call through this endpoint (tests: a fault proxy)
     queue_url: str | None = None
     failure: BaseException | None = None
     _running: dict[uuid.UUID, Capture] = field(default_factory=dict)
@@ -72,29 +73,34 @@ class Agent:
 
     def __post_init__(self) -> None:
         self._config = Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4")
-        self.sqs = self.session.client("sqs", config=self._config)
-        table = self.session.resource("dynamodb", config=self._config).Table(self.settings.table)
+        self.sqs = self._client("sqs")
+        table = self.session.resource("dynamodb", config=self._config, endpoint_url=self.endpoint_url).Table(
+            self.settings.table
+        )
         self.store = OperationStore(table, clock=self.clock)
         self.slots = SlotStore(table, clock=self.clock)
         self.registry = AgentRegistry(table, clock=self.clock)
         self.replies = ReplyStore(table, clock=self.clock)
 
+    def _client(self, service: str) -> Any:
+        return self.session.client(service, config=self._config, endpoint_url=self.endpoint_url)  # type: ignore[call-overload]
+
     @cached_property
     def agent_id(self) -> str:
         """``DNMON_AGENT_ID`` if set, else the id AWS vouches for (one STS request, once)."""
-        return self.settings.agent_id or caller_agent_id(self.session.client("sts", config=self._config))
+        return self.settings.agent_id or caller_agent_id(self._client("sts"))
 
     @cached_property
     def s3(self) -> Any:
         """Created on the first capture: an idle agent does not carry an S3 client (~6 MB)."""
-        return self.session.client("s3", config=self._config)
+        return self._client("s3")
 
     @cached_property
     def verifier(self) -> Verifier:
         """The control plane's public key, fetched once: verifying a message costs no request."""
         if not self.settings.signing_key:
             raise ConfigurationError("DNMON_SIGNING_KEY is not set: the agent cannot verify its jobs")
-        kms = self.session.client("kms", config=self._config)
+        kms = self._client("kms")
         with map_aws_errors("fetching the signing key's public half"):
             response = kms.get_public_key(KeyId=self.settings.signing_key)
         return Verifier(bytes(response["PublicKey"]), str(response["KeyId"]))
