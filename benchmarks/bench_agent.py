@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -44,7 +45,9 @@ VERBOSE = {
 
 
 def _environment(endpoint: str) -> dict[str, str]:
+    from dnmon_agent.local.function_url import start_agent_api
     from dnmon_agent.local.resources import create_signing_key
+    from dnmon_agent.local.sigv4 import Identity
     from dnmon_core.store import table_schema
 
     suffix = uuid.uuid4().hex[:8]
@@ -56,7 +59,6 @@ def _environment(endpoint: str) -> dict[str, str]:
         "DNMON_TABLE": f"bench-{suffix}",
         "DNMON_BUCKET": f"bench-{suffix}",
         "DNMON_EGRESS_PROVIDERS": json.dumps({"s3": {"type": "s3", "bucketName": f"bench-{suffix}"}}),
-        "DNMON_AGENT_ID": f"bench-{suffix}",
         "DNMON_COUNTER_INTERVAL_SECONDS": "1",
         "POWERTOOLS_LOG_LEVEL": "WARNING",
     }
@@ -64,6 +66,12 @@ def _environment(endpoint: str) -> dict[str, str]:
     boto3.client("dynamodb").create_table(TableName=env["DNMON_TABLE"], **table_schema())
     boto3.client("s3").create_bucket(Bucket=env["DNMON_BUCKET"])
     env["DNMON_SIGNING_KEY"] = os.environ["DNMON_SIGNING_KEY"] = create_signing_key(boto3.client("kms"))
+    # The agent writes through the agent API, served here as `dnmon up` serves it.
+    identity = Identity("bench", "arn:aws:iam::123456789012:user/bench", "AIDABENCHAGENT")
+    server = start_agent_api(
+        Path(__file__).resolve().parents[1] / "infra" / "template.yaml", {"bench": identity}
+    )
+    env["DNMON_AGENT_API_URL"] = server.url
     return env
 
 

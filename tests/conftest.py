@@ -50,6 +50,27 @@ def moto_endpoint() -> Iterator[str]:
     server.stop()
 
 
+TEST_USER_ID = "AIDATESTINGAGENTS"  # aws:userid of the tests' one identity ("testing")
+
+
+@pytest.fixture(scope="session")
+def agent_api_url(moto_endpoint: str) -> Iterator[str]:
+    """The agent API behind a local AWS_IAM function URL, as `dnmon up` serves it: agents sign with
+    the tests' credentials; the handler runs in this process and reads the test's environment."""
+    from pathlib import Path
+
+    from dnmon_agent.local.function_url import start_agent_api
+    from dnmon_agent.local.sigv4 import Identity
+
+    identity = Identity("testing", "arn:aws:iam::123456789012:user/testing", TEST_USER_ID)
+    server = start_agent_api(
+        Path(__file__).resolve().parents[1] / "infra" / "template.yaml", {"testing": identity}
+    )
+    yield server.url
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture
 def dynamo_table(moto_endpoint: str) -> Any:
     """A fresh dnmon table on the moto server."""
@@ -73,7 +94,7 @@ class AwsStack:
 
 
 @pytest.fixture
-def aws_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsStack]:
+def aws_stack(moto_endpoint: str, agent_api_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsStack]:
     """A table and a bucket on the moto server, and the DNMON_* environment pointing at them."""
     import boto3
 
@@ -100,6 +121,8 @@ def aws_stack(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
         "DNMON_COUNTER_INTERVAL_SECONDS": "1",
         "DNMON_AGENT_QUEUE_PREFIX": f"dnmon-{suffix}-",
         "DNMON_SIGNING_KEY": create_signing_key(kms),
+        "DNMON_AGENT_API_URL": agent_api_url,
+        "DNMON_ALLOW_AGENT_ID_OVERRIDE": "1",  # several agents under the tests' one identity
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

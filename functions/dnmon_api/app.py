@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dnmon_core.config import ConfigurationError
@@ -13,9 +13,10 @@ from dnmon_core.store import InvalidToken, StoreError
 
 from . import info, livemetrics, openapi, operations, processes, trace
 from .problems import Problem, validation_problem
+from .resolvers import RestResolver
 
 logger = Logger(service="dnmon")
-app = APIGatewayRestResolver()
+app = RestResolver()
 for group in (livemetrics, trace, processes, operations, info, openapi):
     app.include_router(group.router)
 

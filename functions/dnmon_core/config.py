@@ -16,6 +16,9 @@ Control plane (API and schedule functions, the local stack):
 | ``DNMON_CLAIM_SECONDS`` | how long a job may wait for its agent's claim before it fails | 60 |
 | ``DNMON_COUNTER_INTERVAL_SECONDS`` | live-metrics interval (``GlobalCounter:IntervalSeconds``) | 5 |
 | ``DNMON_STREAM_INGEST_URL`` | local stack only: where artifacts without egress stream | unset |
+| ``DNMON_AGENT_QUEUE_PREFIX`` | agent queues are ``<prefix><agent id>`` | ``dnmon-agent-`` |
+| ``DNMON_DEAD_LETTER_ARN`` | redrive target of every agent queue | unset |
+| ``DNMON_ALLOW_AGENT_ID_OVERRIDE`` | ``1``: agents may name their id (one identity, several agents) | unset |
 
 Agent (``dnmon agent``): see ``AgentSettings``.
 
@@ -132,6 +135,9 @@ class ServiceSettings:
     stream_ingest_url: str | None = None
     signing_key: str = ""
     fleet_limits: Mapping[ArtifactKind, int] = field(default_factory=dict)
+    agent_queue_prefix: str = "dnmon-agent-"
+    dead_letter_arn: str | None = None
+    allow_agent_id_override: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -156,6 +162,9 @@ class ServiceSettings:
                 counter_interval_seconds=float(env.get("DNMON_COUNTER_INTERVAL_SECONDS", "5")),
                 stream_ingest_url=env.get("DNMON_STREAM_INGEST_URL") or None,
                 signing_key=env.get("DNMON_SIGNING_KEY", ""),
+                agent_queue_prefix=env.get("DNMON_AGENT_QUEUE_PREFIX", "dnmon-agent-"),
+                dead_letter_arn=env.get("DNMON_DEAD_LETTER_ARN") or None,
+                allow_agent_id_override=env.get("DNMON_ALLOW_AGENT_ID_OVERRIDE") == "1",
                 fleet_limits={
                     kind: int(text)
                     for kind, text in (
@@ -181,11 +190,11 @@ class AgentSettings:
 
     | variable | meaning | default |
     |---|---|---|
-    | ``DNMON_TABLE``, ``DNMON_BUCKET``, ``DNMON_SIGNING_KEY`` | as for the control plane | required |
-    | ``DNMON_AGENT_ID`` | override of the id taken from the AWS identity (tests, several agents) | unset |
+    | ``DNMON_AGENT_API_URL`` | the agent API's function URL (the stack's ``AgentApiUrl`` output) | required |
+    | ``DNMON_SIGNING_KEY`` | the KMS key whose public half verifies jobs | required |
+    | ``DNMON_BUCKET`` | artifact bucket, when a job names none | unset |
+    | ``DNMON_AGENT_ID`` | ask for this id instead of the AWS identity's (only where allowed) | unset |
     | ``DNMON_HOST_NAME`` | the display name and ``host`` parameter value | the host name |
-    | ``DNMON_AGENT_QUEUE_PREFIX`` | queue name prefix; the agent id completes it | ``dnmon-agent-`` |
-    | ``DNMON_DEAD_LETTER_ARN`` | redrive target of the agent's queue | unset |
     | ``DNMON_MAX_CAPTURES`` | captures this agent runs at once | 6 |
     | ``DNMON_LEASE_SECONDS`` | an operation's lease, renewed at a third of it | 60 |
     | ``DNMON_LIVENESS_SECONDS`` | how often the agent says it is alive | 300 |
@@ -194,13 +203,11 @@ class AgentSettings:
     | ``DNMON_EGRESS_DIRECTORIES`` | directories filesystem egress may write into (``:``-separated) | none |
     """
 
-    table: str
-    bucket: str
+    agent_api_url: str
     signing_key: str
     host_name: str
+    bucket: str = ""
     agent_id: str | None = None
-    queue_prefix: str = "dnmon-agent-"
-    dead_letter_arn: str | None = None
     max_captures: int = 6
     lease_seconds: float = 60.0
     liveness_seconds: float = 300.0
@@ -217,13 +224,11 @@ class AgentSettings:
         env = os.environ if environ is None else environ
         try:
             return cls(
-                table=env["DNMON_TABLE"],
-                bucket=env["DNMON_BUCKET"],
-                signing_key=env.get("DNMON_SIGNING_KEY", ""),
+                agent_api_url=env["DNMON_AGENT_API_URL"],
+                signing_key=env["DNMON_SIGNING_KEY"],
                 host_name=env.get("DNMON_HOST_NAME") or socket.gethostname(),
+                bucket=env.get("DNMON_BUCKET", ""),
                 agent_id=env.get("DNMON_AGENT_ID") or None,
-                queue_prefix=env.get("DNMON_AGENT_QUEUE_PREFIX", "dnmon-agent-"),
-                dead_letter_arn=env.get("DNMON_DEAD_LETTER_ARN") or None,
                 max_captures=int(env.get("DNMON_MAX_CAPTURES", "6")),
                 lease_seconds=float(env.get("DNMON_LEASE_SECONDS", "60")),
                 liveness_seconds=float(env.get("DNMON_LIVENESS_SECONDS", "300")),

@@ -32,6 +32,7 @@ HANDLERS = {
     "ApiFunction": "dnmon_api.app.handler",
     "AuthorizerFunction": "dnmon_api.authorizer.handler",
     "ScheduleFunction": "dnmon_api.schedule.handler",
+    "AgentApiFunction": "dnmon_api.agent_api.handler",
 }
 ROUTES = {
     ("POST", "/livemetrics"),
@@ -51,22 +52,15 @@ ROUTES = {
     ("GET", "/openapi.json"),
 }
 AGENT_ACTIONS = {
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-    "dynamodb:Query",
-    "sqs:CreateQueue",
-    "sqs:GetQueueUrl",
-    "sqs:GetQueueAttributes",
-    "sqs:SetQueueAttributes",
+    "lambda:InvokeFunctionUrl",
+    "lambda:InvokeFunction",
     "sqs:ReceiveMessage",
     "sqs:DeleteMessage",
     "sqs:ChangeMessageVisibility",
     "s3:PutObject",
     "s3:AbortMultipartUpload",
-    "kms:GetPublicKey",
     "s3:ListMultipartUploadParts",
+    "kms:GetPublicKey",
 }
 PROBLEM_JSON = "'application/problem+json'"
 
@@ -220,6 +214,7 @@ def _stub_root(root: Path) -> Path:
     (package / "__init__.py").write_text("")
     (package / "app.py").write_text("def handler(event, context):\n    return {}\n")
     (package / "authorizer.py").write_text("def authorize(event, context):\n    return {}\n\nhandler = 1\n")
+    (package / "agent_api.py").write_text("def handler(event, context):\n    return {}\n")
     return root
 
 
@@ -443,8 +438,8 @@ def test_dead_letter_queue_and_outputs(sam: dict[str, Any]) -> None:
         "BucketName",
         "AgentHostPolicyArn",
         "DeadLetterQueueArn",
-        "AgentQueuePrefix",
         "SigningKeyArn",
+        "AgentApiUrl",
     }
     assert outputs["DeadLetterQueueArn"]["Value"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
     assert outputs["AgentHostPolicyArn"]["Value"] == {"Ref": "AgentHostPolicy"}
@@ -497,11 +492,11 @@ def test_agent_host_policy_is_least_privilege(sam: dict[str, Any]) -> None:
     statements = _statements(policy)
     _assert_no_wildcards(statements)
     actions = {action for s in statements for action in _as_list(s["Action"])}
-    assert actions == AGENT_ACTIONS  # nothing else (SSE-S3 bucket; kms only to read the signing key)
+    assert actions == AGENT_ACTIONS  # no DynamoDB, no queue attributes (tests/unit/test_agent_policy.py)
     resources = json.dumps([s["Resource"] for s in statements])
     assert "${AgentQueuePrefix}*" in resources
-    assert "${ArtifactBucket.Arn}/*" in resources
-    assert "Table" in resources
+    assert "${ArtifactBucket.Arn}/artifacts/${!aws:userid}/*" in resources
+    assert "Table" not in resources
 
 
 def test_function_roles_are_least_privilege(transformed: dict[str, Any]) -> None:

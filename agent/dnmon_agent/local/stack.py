@@ -32,8 +32,10 @@ from dnmon_core.store import OperationStore, StoreError, table_schema
 from ..diagnostics.discovery import find_sockets
 from ..worker import Agent, AgentSettings
 from . import dotnet, template
+from .function_url import start_agent_api
 from .gateway import Gateway, wait_until_serving
 from .resources import create_signing_key
+from .sigv4 import Identity
 
 log = logging.getLogger("dnmon.local")
 
@@ -58,6 +60,9 @@ SEED_TRACE_BODY: dict[str, Any] = {
     ],
     "BufferSizeInMB": 1024,
 }
+
+
+LOCAL_USER_ID = "AIDADNMONLOCALAGENT"  # what aws:userid is for the stack's one identity
 
 
 class UpError(Exception):
@@ -106,6 +111,7 @@ class LocalStack:
             self._create_resources()
             self._configure_auth()
             self._start_gateway()
+            self._start_agent_api()
             self._start_agent()
             if self.options.sample_app:
                 self._start_sample_app()
@@ -220,8 +226,26 @@ class LocalStack:
         self._cleanup.append(stop_gateway)
         wait_until_serving(f"{self.url}/info")
 
+    def _start_agent_api(self) -> None:
+        """The agent API behind a local AWS_IAM function URL: the agent signs with the stack's key."""
+        key = self.env["AWS_ACCESS_KEY_ID"]
+        identity = Identity(
+            self.env["AWS_SECRET_ACCESS_KEY"], f"arn:aws:iam::123456789012:user/{key}", LOCAL_USER_ID
+        )
+        try:
+            server = start_agent_api(self.root / "infra" / "template.yaml", {key: identity})
+        except template.TemplateError as exc:
+            raise UpError(str(exc)) from exc
+
+        def stop_server() -> None:
+            server.shutdown()
+            server.server_close()
+
+        self._cleanup.append(stop_server)
+        self.env["DNMON_AGENT_API_URL"] = os.environ["DNMON_AGENT_API_URL"] = server.url
+
     def _start_agent(self) -> None:
-        settings = AgentSettings.from_env({**os.environ, "DNMON_AGENT_ID": "local"})
+        settings = AgentSettings.from_env(os.environ)
         settings.poll_seconds = 2  # a quick Ctrl-C; long polling on moto is real
         agent = Agent(settings)
         agent.register()
@@ -273,7 +297,9 @@ class LocalStack:
 def banner(stack: LocalStack) -> str:
     """What ``dnmon up`` prints: how to call it, with both seed requests ready to paste."""
     auth = f' -H "Authorization: Bearer {stack.token}"' if stack.token else ""
-    lines = [f"dnmon is up on {stack.url} (moto {stack.env['AWS_ENDPOINT_URL']}, agent 'local')."]
+    lines = [
+        f"dnmon is up on {stack.url} (moto {stack.env['AWS_ENDPOINT_URL']}, agent {stack.agent.agent_id!r})."
+    ]
     if stack.token:
         lines += ["Temporary API key (valid 1 day, this run only):", f"Authorization: Bearer {stack.token}"]
     else:

@@ -57,6 +57,7 @@ class Route:
 class ApiDefinition:
     routes: tuple[Route, ...]
     authorizer_handler: str | None
+    agent_api_handler: str | None = None  # behind an AWS_IAM function URL
 
     def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """Static paths win over ``{param}`` paths, as in API Gateway."""
@@ -100,7 +101,18 @@ def load(path: Path) -> ApiDefinition:
             routes.append(Route(method, route_path, handler, _pattern(route_path)))
     if not routes:
         raise TemplateError(f"{path} declares no Api routes")
-    return ApiDefinition(tuple(routes), _authorizer(resources, handlers))
+    return ApiDefinition(
+        tuple(routes), _authorizer(resources, handlers), _iam_function_url(resources, handlers)
+    )
+
+
+def _iam_function_url(resources: dict[str, Any], handlers: dict[str, str]) -> str | None:
+    """The handler behind the template's ``AWS_IAM`` function URL (the agent API)."""
+    for logical_id, resource in resources.items():
+        config = (resource.get("Properties") or {}).get("FunctionUrlConfig") or {}
+        if resource.get("Type") == "AWS::Serverless::Function" and config.get("AuthType") == "AWS_IAM":
+            return handlers[logical_id]
+    return None
 
 
 def _authorizer(resources: dict[str, Any], handlers: dict[str, str]) -> str | None:

@@ -1,9 +1,11 @@
 """``dnmon agent``: register, long-poll this host's queue, act on signed messages, report state.
 
-The DynamoDB claim and lease are the source of truth, not SQS visibility (which cannot outlive
-12 h while ``durationSeconds`` may be -1): a job is claimed conditionally, its message deleted at
-once, and a lease on the operation item is renewed while the capture runs (the AWS SSM Agent
-pattern). A redelivered message finds the claim taken and starts nothing.
+The claim and lease (kept by the control plane, in DynamoDB) are the source of truth, not SQS
+visibility (which cannot outlive 12 h while ``durationSeconds`` may be -1): a job is claimed
+through the agent API, its message deleted at once, and the lease renewed while the capture runs
+(the AWS SSM Agent pattern). A redelivered message finds the claim taken and starts nothing. The
+agent reads its own queue and writes its own artifact prefix; everything else goes through the
+agent API, which knows the agent by its AWS identity.
 
 Nothing on the queue is trusted: a message must carry the control plane's signature, name this
 agent and be unexpired, or it is dropped and logged. AWS faults never end the loop: it backs off
@@ -13,7 +15,6 @@ so ``dnmon agent`` exits non-zero.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -31,30 +32,18 @@ from botocore.config import Config
 from dnmon_core.config import AgentSettings, ConfigurationError
 from dnmon_core.operations import CaptureJob, ControlAction, ControlMessage, EnvironmentRequest
 from dnmon_core.signing import MessageType, OpenedMessage, SignatureError, Verifier, unseal
-from dnmon_core.store import (
-    AgentRegistry,
-    OperationStore,
-    ReplyStore,
-    SlotStore,
-    StoreError,
-    map_aws_errors,
-)
+from dnmon_core.store import StoreError, map_aws_errors
 
 from .. import __version__
 from ..diagnostics.client import DiagnosticsClient
 from ..diagnostics.discovery import select_process
 from ..diagnostics.errors import DiagnosticsError
 from .capture import Capture, CaptureContext
-from .identity import caller_agent_id
+from .control_plane import ControlPlane, Registration
 from .processes import ProcessWatcher
 
 log = logging.getLogger("dnmon.agent")
 
-QUEUE_ATTRIBUTES = {
-    "ReceiveMessageWaitTimeSeconds": "20",
-    "VisibilityTimeout": "120",
-    "SqsManagedSseEnabled": "true",
-}
 BACKOFF_MAX_SECONDS = 30.0
 BUSY_VISIBILITY_SECONDS = 10  # a job that arrives while every capture slot is busy comes back then
 
@@ -65,7 +54,7 @@ class Agent:
     session: boto3.Session = field(default_factory=boto3.Session)
     clock: Callable[[], float] = time.time
     endpoint_url: str | None = None  # every AWS call through this endpoint (tests: a fault proxy)
-    queue_url: str | None = None
+    registration: Registration | None = None
     failure: BaseException | None = None
     _running: dict[uuid.UUID, Capture] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -74,21 +63,26 @@ class Agent:
     def __post_init__(self) -> None:
         self._config = Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4")
         self.sqs = self._client("sqs")
-        table = self.session.resource("dynamodb", config=self._config, endpoint_url=self.endpoint_url).Table(
-            self.settings.table
+        self.control = ControlPlane(
+            self.settings.agent_api_url, self.session, agent_id=self.settings.agent_id
         )
-        self.store = OperationStore(table, clock=self.clock)
-        self.slots = SlotStore(table, clock=self.clock)
-        self.registry = AgentRegistry(table, clock=self.clock)
-        self.replies = ReplyStore(table, clock=self.clock)
 
     def _client(self, service: str) -> Any:
         return self.session.client(service, config=self._config, endpoint_url=self.endpoint_url)  # type: ignore[call-overload]
 
-    @cached_property
+    @property
     def agent_id(self) -> str:
-        """``DNMON_AGENT_ID`` if set, else the id AWS vouches for (one STS request, once)."""
-        return self.settings.agent_id or caller_agent_id(self._client("sts"))
+        """The id the agent API derived from this host's AWS identity (known once registered)."""
+        return self._registered().agent_id
+
+    @property
+    def queue_url(self) -> str | None:
+        return self.registration.queue_url if self.registration else None
+
+    def _registered(self) -> Registration:
+        if self.registration is None:
+            raise RuntimeError("the agent is not registered yet")
+        return self.registration
 
     @cached_property
     def s3(self) -> Any:
@@ -107,15 +101,14 @@ class Agent:
 
     @cached_property
     def watcher(self) -> ProcessWatcher:
-        return ProcessWatcher(self.registry, self.agent_id, self.settings.host_name)
+        return ProcessWatcher(self.control)
 
     @cached_property
     def captures(self) -> CaptureContext:
         return CaptureContext(
             settings=self.settings,
-            agent_id=self.agent_id,
-            store=self.store,
-            slots=self.slots,
+            control=self.control,
+            artifact_owner=self._registered().artifact_owner,
             s3=lambda: self.s3,
             processes=self.watcher.processes,
             egress_directories=tuple(Path(p).resolve() for p in self.settings.egress_directories),
@@ -125,23 +118,11 @@ class Agent:
     # --- registration --------------------------------------------------------------------------
 
     def register(self) -> str:
-        """Create (or update) this agent's queue, announce the agent and publish its processes."""
+        """Register through the agent API (which makes this identity's queue) and publish processes."""
         self.verifier  # noqa: B018 - fail at start, not at the first job, when the key is unusable
-        attributes: dict[Any, str] = dict(QUEUE_ATTRIBUTES)
-        if self.settings.dead_letter_arn:
-            attributes["RedrivePolicy"] = json.dumps(
-                {"deadLetterTargetArn": self.settings.dead_letter_arn, "maxReceiveCount": "5"}
-            )
-        name = f"{self.settings.queue_prefix}{self.agent_id}"
-        with map_aws_errors("creating the agent's queue"):
-            try:
-                self.queue_url = self.sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-            except self.sqs.exceptions.QueueNameExists:  # attributes changed since it was made
-                self.queue_url = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
-                self.sqs.set_queue_attributes(QueueUrl=self.queue_url, Attributes=attributes)
-        self.registry.register(self.agent_id, self.settings.host_name, self._queue(), __version__)
+        self.registration = self.control.register(self.settings.host_name, __version__)
         self.watcher.scan(force=True)
-        return self._queue()
+        return self._registered().queue_url
 
     def refresh_processes(self) -> None:
         """Scan now rather than at the next tick (the local stack, after starting its sample app)."""
@@ -213,9 +194,7 @@ class Agent:
         return len(messages)
 
     def _queue(self) -> str:
-        if self.queue_url is None:
-            raise RuntimeError("the agent is not registered yet")
-        return self.queue_url
+        return self._registered().queue_url
 
     def dispatch(self, message: Mapping[str, Any]) -> None:
         """Verify, then act; a message that cannot be trusted or read is dropped and logged."""
@@ -244,12 +223,12 @@ class Agent:
                     VisibilityTimeout=BUSY_VISIBILITY_SECONDS,
                 )
             return
-        record = self.store.claim(job.operation_id, self.agent_id, self.settings.lease_seconds)
+        claimed = self.control.claim(job.operation_id, self.settings.lease_seconds)
         self._delete(message)
-        if record is None:
+        if not claimed:
             log.info("operation %s is already claimed or over: not starting it", job.operation_id)
             return
-        capture = Capture(self.captures, job, record.slots, on_end=self._ended)
+        capture = Capture(self.captures, job, on_end=self._ended)
         with self._lock:
             self._running[job.operation_id] = capture
         capture.start()
@@ -287,7 +266,7 @@ class Agent:
         except DiagnosticsError as exc:
             reply = {"error": str(exc)}
         try:
-            self.replies.put(request.request_id, self.agent_id, reply)
+            self.control.reply(request.request_id, reply)
         except StoreError as exc:
             log.warning("storing the environment reply failed: %s", exc)
 
@@ -311,7 +290,7 @@ class Agent:
     def deregister(self) -> None:
         """Leave the registry (graceful shutdown): the API stops sending jobs here at once."""
         try:
-            self.registry.deregister(self.agent_id)
+            self.control.deregister()
         except StoreError as exc:
             log.warning("deregistering failed (the agent will be seen as silent): %s", exc)
 

@@ -1,10 +1,11 @@
 """One capture, from claimed job to final state: its thread, its lease, its egress, its last write.
 
-Every path ends in Succeeded, Cancelled or Failed. The final write is retried through AWS outages
-for as long as the lease would still hold, so a capture that finished while AWS was unreachable
-is not reported lost. The lease is renewed at a third of its length; a renewal that fails for a
-fault is retried and never ends a healthy capture, one that is refused (the operation was
-cancelled, or its lease taken over) cancels it.
+Every path ends in Succeeded, Cancelled or Failed. The final report is retried through outages for
+as long as the lease would still hold, so a capture that finished while AWS was unreachable is not
+reported lost. The lease is renewed at a third of its length; a renewal that fails for a fault is
+retried and never ends a healthy capture, one that is refused (the operation was cancelled, or its
+lease taken over) cancels it. Concurrency slots are the control plane's: it renews them with the
+lease and frees them when the operation ends.
 """
 
 from __future__ import annotations
@@ -31,14 +32,7 @@ from dnmon_core.operations import (
 )
 from dnmon_core.operations import artifact_name as name_of
 from dnmon_core.profiles import TraceProfile, profile_configuration
-from dnmon_core.store import (
-    OperationStore,
-    SlotStore,
-    StoreError,
-    StoreUnavailable,
-    TransitionRejected,
-    slots_of,
-)
+from dnmon_core.store import StoreError, StoreUnavailable, TransitionRejected
 
 from ..diagnostics.client import DiagnosticsClient
 from ..diagnostics.discovery import DotnetProcess, select_process
@@ -54,6 +48,7 @@ from ..egress import (
 from ..pipelines.counters import CountersPipeline
 from ..pipelines.runner import CaptureCancelled, CaptureError, StopControl, run_live_metrics, run_trace
 from ..pipelines.trace import session_configuration
+from .control_plane import ControlPlane
 
 log = logging.getLogger("dnmon.agent.capture")
 
@@ -66,9 +61,8 @@ class CaptureContext:
     """What every capture of one agent shares."""
 
     settings: AgentSettings
-    agent_id: str
-    store: OperationStore
-    slots: SlotStore
+    control: ControlPlane
+    artifact_owner: str  # the key segment under which this host may write artifacts
     s3: Callable[[], Any]
     processes: Callable[[], Sequence[DotnetProcess]]
     egress_directories: tuple[Path, ...] = ()
@@ -81,7 +75,6 @@ class Capture:
 
     context: CaptureContext
     job: CaptureJob
-    slot_keys: list[str]
     on_end: Callable[[Capture], None]
     control: StopControl = field(init=False)
     thread: threading.Thread = field(init=False)
@@ -114,15 +107,12 @@ class Capture:
         finally:
             self._done.set()
             keeper.join()
-            self._release_slots()
             self.on_end(self)
 
     def _started(self) -> None:
         """The EventPipe session is open: Starting → Running (a stop or cancel may have come first)."""
         try:
-            self.context.store.transition(
-                self.job.operation_id, OperationState.RUNNING, claimed_by=self.context.agent_id
-            )
+            self.context.control.report(self.job.operation_id, OperationState.RUNNING)
         except TransitionRejected as exc:
             log.info("operation %s is %s: not marked Running", self.job.operation_id, exc.current)
         except StoreError as exc:
@@ -207,7 +197,7 @@ class Capture:
         return S3MultipartWriter(
             self.context.s3(),
             egress.bucket or settings.bucket,
-            f"{prefix}{self.context.agent_id}/{name}",
+            f"{prefix}{self.context.artifact_owner}/{name}",
             content_type=ARTIFACT_CONTENT_TYPES[self.job.kind],
             part_size=settings.part_size,
             kms_key_id=egress.kms_key_id,
@@ -232,35 +222,18 @@ class Capture:
         wait = period
         while not self._done.wait(wait):
             try:
-                record = self.context.store.renew_lease(
-                    self.job.operation_id, self.context.agent_id, settings.lease_seconds
-                )
-                if record is not None:
-                    self.context.slots.renew(
-                        slots_of(self.slot_keys), self.job.operation_id, settings.lease_seconds
-                    )
+                lease = self.context.control.renew(self.job.operation_id, settings.lease_seconds)
             except StoreError as exc:
-                log.warning("renewing the lease of %s failed (retrying): %s", self.job.operation_id, exc)
+                log.warning("renewing the lease of %s failed (retrying): %s", self.operation_id, exc)
                 wait = min(period, 2.0)
                 continue
             wait = period
-            if record is None:  # cancelled, or the lease was lost: either way, end now
+            if lease is None:  # cancelled, or the lease was lost: either way, end now
                 self.control.cancel.set()
                 return
             self._lease_until = self.context.clock() + settings.lease_seconds
-            if record.status == OperationState.STOPPING or record.stop_requested:
+            if lease.status == OperationState.STOPPING or lease.stop_requested:
                 self.control.stop.set()
-
-    def _release_slots(self) -> None:
-        slots = slots_of(self.slot_keys)
-        if not slots:
-            return
-        try:
-            _retrying(lambda: self.context.slots.release(slots, self.job.operation_id), self._lease_until)
-        except StoreError as exc:
-            log.warning(
-                "releasing the slots of %s failed (their leases will expire): %s", self.operation_id, exc
-            )
 
     # --- the end ---------------------------------------------------------------------------------
 
@@ -269,9 +242,7 @@ class Capture:
 
     def _finish(self, state: OperationState, **changes: Any) -> None:
         def write() -> None:
-            self.context.store.transition(
-                self.job.operation_id, state, claimed_by=self.context.agent_id, **changes
-            )
+            self.context.control.report(self.job.operation_id, state, **changes)
 
         try:
             _retrying(write, self._lease_until)

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dnmon_core.models import ProcessInfo
-from dnmon_core.store import AgentRegistry, StoreError
+from dnmon_core.store import StoreError
 
 from ..diagnostics.discovery import DotnetProcess, find_sockets, list_processes
+from .control_plane import ControlPlane
 
 log = logging.getLogger("dnmon.agent.processes")
 
@@ -26,9 +27,7 @@ RETRY_SECONDS = 10.0  # a runtime that did not answer is asked again after this 
 
 @dataclass
 class ProcessWatcher:
-    registry: AgentRegistry
-    agent_id: str
-    host_name: str
+    control: ControlPlane
     clock: Callable[[], float] = time.monotonic
     known: dict[int, DotnetProcess] = field(default_factory=dict)
     _sockets: frozenset[tuple[int, str]] | None = None
@@ -56,7 +55,7 @@ class ProcessWatcher:
         infos = [p.to_process_info() for p in found.values()]
         if self._published is not None and _same(infos, self._published) and not force:
             return False
-        self.registry.publish_processes(self.agent_id, self.host_name, infos, self._published or ())
+        self.control.publish_processes(infos)
         self._published = infos  # only once written: a failed write is retried at the next scan
         return True
 
@@ -68,7 +67,7 @@ class ProcessWatcher:
             try:
                 self.scan()
                 if self.clock() >= next_touch:
-                    self.registry.touch(self.agent_id)
+                    self.control.alive()
                     next_touch = self.clock() + liveness_seconds
             except StoreError as exc:
                 log.warning("publishing this host's processes failed (retrying): %s", exc)

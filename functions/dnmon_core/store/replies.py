@@ -1,4 +1,9 @@
-"""Small answers an agent gives to a synchronous question (``GET /processes/env``)."""
+"""Small answers an agent gives to a synchronous question (``GET /processes/env``).
+
+The API writes the question's item first, naming the agent it asked; only that agent may put the
+answer, once; the API takes it (read and delete in one call), so an environment, which may hold
+secrets, lives in the table only between the agent's answer and the API's next poll.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,14 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import map_aws_errors
+from .errors import ConditionFailed, map_aws_errors
 from .items import Clock, dynamo, plain
 
-REPLY_TTL_SECONDS = 600  # an environment can hold secrets: keep it no longer than needed
+REPLY_TTL_SECONDS = 600
+
+
+def _key(request_id: uuid.UUID) -> dict[str, str]:
+    return {"pk": f"REPLY#{request_id}", "sk": "REPLY"}
 
 
 class ReplyStore:
@@ -18,25 +27,34 @@ class ReplyStore:
         self.table = table
         self.clock = clock
 
-    def put(self, request_id: uuid.UUID, agent_id: str, reply: Mapping[str, Any]) -> None:
-        """Store once, only for the agent the request was addressed to."""
-        with map_aws_errors("storing the reply"):
+    def expect(self, request_id: uuid.UUID, agent_id: str) -> None:
+        """The question is out: ``agent_id`` alone may answer it."""
+        with map_aws_errors("recording the question"):
             self.table.put_item(
-                Item={
-                    "pk": f"REPLY#{request_id}",
-                    "sk": "REPLY",
-                    "agentId": agent_id,
-                    "reply": dynamo(dict(reply)),
-                    "ttl": int(self.clock() + REPLY_TTL_SECONDS),
-                },
+                Item={**_key(request_id), "agentId": agent_id, "ttl": int(self.clock() + REPLY_TTL_SECONDS)},
                 ConditionExpression="attribute_not_exists(pk)",
             )
 
-    def take(self, request_id: uuid.UUID) -> dict[str, Any] | None:
-        """Read and delete in one call: an answer is read once, then gone from the table."""
-        with map_aws_errors("reading the reply"):
-            response = self.table.delete_item(
-                Key={"pk": f"REPLY#{request_id}", "sk": "REPLY"}, ReturnValues="ALL_OLD"
+    def answer(self, request_id: uuid.UUID, agent_id: str, reply: Mapping[str, Any]) -> None:
+        """Raises ``ConditionFailed`` unless the question was put to ``agent_id`` and is unanswered."""
+        with map_aws_errors("storing the reply"):
+            self.table.update_item(
+                Key=_key(request_id),
+                UpdateExpression="SET reply = :reply",
+                ConditionExpression="agentId = :agent AND attribute_not_exists(reply)",
+                ExpressionAttributeValues={":reply": dynamo(dict(reply)), ":agent": agent_id},
             )
-        found = response.get("Attributes")
-        return plain(found["reply"]) if found else None
+
+    def take(self, request_id: uuid.UUID) -> dict[str, Any] | None:
+        """The answer, read and deleted in one call; None while there is none."""
+        try:
+            with map_aws_errors("reading the reply"):
+                response = self.table.delete_item(
+                    Key=_key(request_id),
+                    ConditionExpression="attribute_exists(reply)",
+                    ReturnValues="ALL_OLD",
+                )
+        except ConditionFailed:
+            return None
+        reply: dict[str, Any] = plain(response["Attributes"]["reply"])
+        return reply
