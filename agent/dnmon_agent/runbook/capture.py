@@ -31,6 +31,7 @@ class Stopper:
         self.operation_id: str | None = None
         self._requested = False
         self._sent = False
+        self._cancelled = False
         self._lock = threading.Lock()
 
     def bind(self, operation_id: str) -> None:
@@ -57,8 +58,11 @@ class Stopper:
             warn(f"the graceful stop was not accepted: {exc}")
 
     def cancel(self) -> None:
-        if self.operation_id is None:
-            return
+        with self._lock:
+            if self.operation_id is None or self._cancelled:
+                return
+            self._cancelled = True
+        self.status.update(state="Cancelling")
         try:
             with ApiClient(self.config) as client:
                 client.request("DELETE", f"/operations/{self.operation_id}")
@@ -91,14 +95,13 @@ def run(
     """Run the capture; ``after`` runs while Ctrl-C still stops/cancels (e.g. the download)."""
     stopper = Stopper(client.config, status)
     try:
-        with ctrl_c(stopper.request_stop):
+        with ctrl_c(stopper.request_stop, stopper.cancel):
             outcome = _run(client, stopper, method, route, params, body, accept, sink, status)
             if after is not None:
                 after(outcome)
             return outcome
     except Interrupted:
-        status.update(state="Cancelling")
-        stopper.cancel()
+        stopper.cancel()  # done already unless the operation id came after the second Ctrl-C
         status.update(state="Cancelled")
         raise
 
@@ -123,7 +126,9 @@ def _run(
     streamed = False
     try:
         with client.stream(method, route, params=params, body=body, accept=accept) as response:
-            stopper.bind(operation_id_of(response.headers.get("location")))
+            operation_id = operation_id_of(response.headers.get("location"))
+            warn(f"operation {operation_id}")  # for `dnmon ops …` from another shell
+            stopper.bind(operation_id)
             if response.status_code != 202:
                 streamed = True
                 if not stopper._requested:

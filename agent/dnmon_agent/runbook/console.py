@@ -73,10 +73,10 @@ class StatusLine:
             self._live.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, *exc: object) -> None:
         if self._live is not None:
             self._live.stop()
-        elif self._printed_state != self.state:
+        elif kind is None and self._printed_state != self.state:  # an error says enough by itself
             self._print()
 
     def update(self, *, state: str | None = None, received: int | None = None) -> None:
@@ -93,13 +93,18 @@ class StatusLine:
 
 
 @contextmanager
-def ctrl_c(on_first: Callable[[], None]) -> Iterator[threading.Event]:
-    """First SIGINT/SIGTERM: ``on_first`` runs on its own thread (a graceful stop over HTTP);
-    the second raises ``Interrupted`` in the main thread, which cancels the operation."""
+def ctrl_c(
+    on_first: Callable[[], None], on_second: Callable[[], None] | None = None
+) -> Iterator[threading.Event]:
+    """First SIGINT/SIGTERM: ``on_first`` runs on its own thread (a graceful stop over HTTP).
+    The second runs ``on_second`` at once — before the stream is closed, which the server would
+    otherwise record as a failure — and raises ``Interrupted`` in the main thread."""
     stopping = threading.Event()
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if stopping.is_set():
+            if on_second is not None:
+                on_second()
             raise Interrupted()
         stopping.set()
         threading.Thread(target=on_first, name="graceful-stop", daemon=True).start()

@@ -68,7 +68,9 @@ class ApiError(RunbookError):
         lines = [f"{self.detail} (HTTP {self.status})"]
         for field, messages in self.errors.items():
             for message in messages:
-                lines.append(f"  {field or 'body'}: {message}")
+                line = f"{field or 'body'}: {message}"
+                if line != self.detail and message != self.detail:  # the detail repeats the first
+                    lines.append(f"  {line}")
         return "\n".join(lines)
 
     @classmethod
