@@ -91,6 +91,7 @@ def download(
     progress: Progress = _noop,
     *,
     sleep: Callable[[float], None] = time.sleep,
+    store_transport: httpx.BaseTransport | None = None,
 ) -> int:
     """Fetch the finished operation's artifact into ``out``; its size in bytes."""
     link = artifact_link(client, operation_id)
@@ -103,7 +104,8 @@ def download(
         warn(f"resuming {part} at {received} bytes")
     attempts = 0
     url = str(link["url"])
-    with httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True) as store:
+    timeout = httpx.Timeout(60.0, connect=10.0)
+    with httpx.Client(timeout=timeout, follow_redirects=True, transport=store_transport) as store:
         while expected is None or received < int(expected):
             try:
                 received = _fetch(store, url, part, received, progress)
