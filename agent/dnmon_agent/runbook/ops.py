@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from . import artifacts
@@ -65,15 +66,17 @@ def run_list(args: argparse.Namespace, client: ApiClient) -> int:
     if args.json:
         _dump(operations)
         return 0
-    table = Table(title=f"{len(operations)} operation(s)", title_justify="left")
+    table = Table(
+        title=f"{len(operations)} operation(s)", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
+    )
     for column in ("OPERATION", "CREATED (UTC)", "STATUS", "PID", "NAME", "EGRESS", "TAGS"):
-        table.add_column(column, no_wrap=column != "TAGS")
+        table.add_column(column, no_wrap=column in ("OPERATION", "CREATED (UTC)", "STATUS"))
     for o in operations:
         process = o.get("process") or {}
         table.add_row(
             str(o.get("operationId")), str(o.get("createdDateTime", ""))[:19].replace("T", " "),
             str(o.get("status")), str(process.get("pid", "")), str(process.get("name", "")),
-            str(o.get("egressProviderName") or "(response)"), ",".join(o.get("tags") or []),
+            str(o.get("egressProviderName") or "-"), ",".join(o.get("tags") or []),
         )  # fmt: skip
     stdout_console().print(table)
     return 0

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from .console import stdout_console
@@ -26,7 +27,12 @@ def run(args: argparse.Namespace, client: ApiClient) -> int:
         json.dump(processes, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    table = Table(title=f"{len(processes)} .NET process(es) at {client.config.url}", title_justify="left")
+    table = Table(
+        title=f"{len(processes)} .NET process(es) at {client.config.url}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+    )
     for column in ("HOST", "PID", "NAME", "UID", "DEFAULT"):
         table.add_column(column, justify="right" if column == "PID" else "left", no_wrap=True)
     for p in sorted(processes, key=lambda p: (str(p.get("host", "")), int(p.get("pid", 0)))):

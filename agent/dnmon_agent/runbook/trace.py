@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, client: ApiClient) -> int:
             finally:
                 for handle in handles:
                     handle.close()
-            status.update(state=str(outcome.status.get("status")))
+            status.update(state=str(outcome.status.get("status")) if outcome.streamed else "Downloaded")
     except RunbookError as exc:
         if part is not None and part.exists():
             if isinstance(exc, Interrupted) or part.stat().st_size == 0:
