@@ -145,6 +145,22 @@ def test_metrics_json_seq_writes_the_records(up: Up, dotnet_target: StartTarget,
     assert OPERATION.search(result.stderr)
 
 
+def test_metrics_until_ctrl_c_stops_gracefully(up: Up, dotnet_target: StartTarget, tmp_path: Path) -> None:
+    target = dotnet_target("DemoApp.cs", "metrics")
+    up.wait_for_process(target.pid)
+    process = background(up, tmp_path, "metrics", "--pid", str(target.pid), "--duration", "-1",
+                         "--meter", "CustomMeter:myGauge", "--json-seq")  # fmt: skip
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 30)
+    assert ready, "no record within 30 s"
+    process.send_signal(signal.SIGINT)
+    result = finish(up, process, 0)
+    records = list(iter_json_seq(result.stdout.encode()))
+    assert records and {r["name"] for r in records} == {"myGauge"}
+    found = OPERATION.search(result.stderr)
+    assert found and status_of(up, tmp_path, found.group(1)) == "Succeeded"
+
+
 def test_metrics_table_off_a_terminal_prints_each_interval(
     up: Up, dotnet_target: StartTarget, tmp_path: Path
 ) -> None:
@@ -202,7 +218,7 @@ def test_metrics_live_view_changes_across_intervals(
         os.close(leader)
         if process.poll() is None:
             process.kill()
-    assert "\x1b[" in screen, "a terminal gets cursor control, not a printed log"
+    assert "\x1b[1A\x1b[2K" in screen, "on a terminal the table is redrawn in place (cursor up, erase)"
     assert "Traceback" not in screen and str(up.token) not in screen
     text = ANSI.sub("", screen)
     rows = re.findall(r"│ myUpDown\s*│[^│]*│\s*([\d,]+) │[^│]*│ (\S+)\s*│", text)

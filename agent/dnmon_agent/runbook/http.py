@@ -95,10 +95,20 @@ class ApiClient:
         headers = {"Accept": f"{accept}, application/problem+json"}
         if body is not None:
             headers["Content-Type"] = JSON
-        try:
-            response = self._http.request(method, path, params=_clean(params), content=body, headers=headers)
-        except httpx.TransportError as exc:
-            raise self._network(exc) from None
+        # A pooled connection the server has just closed fails the next request on it before any
+        # byte of an answer; a GET is safe to send once more on a fresh one.
+        attempts = 2 if method == "GET" else 1
+        for attempt in range(attempts):
+            try:
+                response = self._http.request(
+                    method, path, params=_clean(params), content=body, headers=headers
+                )
+                break
+            except httpx.RemoteProtocolError as exc:
+                if attempt + 1 == attempts:
+                    raise self._network(exc) from None
+            except httpx.TransportError as exc:
+                raise self._network(exc) from None
         raise_for_problem(response)
         return response
 
@@ -120,7 +130,8 @@ class ApiClient:
         accept: str,
     ) -> Iterator[httpx.Response]:
         """An answer whose body is read as it arrives (a capture's artifact)."""
-        headers = {"Accept": f"{accept}, application/problem+json"}
+        # The server may close the connection after a streamed artifact: never pool it.
+        headers = {"Accept": f"{accept}, application/problem+json", "Connection": "close"}
         if body is not None:
             headers["Content-Type"] = JSON
         timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=10.0, read=STREAM_READ_TIMEOUT)
