@@ -31,6 +31,7 @@ from .diagnostics.errors import DiagnosticsError
 from .pipelines.counters import CountersPipeline
 from .pipelines.runner import CaptureError, StopControl, run_live_metrics, run_trace
 from .pipelines.trace import DEFAULT_TRACE_CONFIGURATION, session_configuration
+from .runbook import commands as runbook
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -90,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dnmon", description="dotnet-monitor's capture API for .NET processes"
     )
+    runbook.add_global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True)
+    runbook.add_commands(commands)  # ps, metrics, trace, ops: the client of any dnmon API
 
     processes = commands.add_parser("processes", help="list .NET processes")
     processes.add_argument(
@@ -313,6 +316,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if runbook.is_runbook(args):
+        return runbook.run(args)
     handlers = {
         ("processes", None): cmd_processes,
         ("capture", "metrics"): cmd_capture_metrics,
