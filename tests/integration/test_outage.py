@@ -114,6 +114,14 @@ def _ride_out(proxy: Outage, running: RunningAgent, check: Callable[[], None] = 
     proxy.restore()
 
 
+def _stop_cleanly(running: RunningAgent) -> None:
+    """After the outage the agent still stops as a healthy one does: no error, out of the registry."""
+    running.stop.set()
+    running.thread.join(timeout=60)
+    assert not running.thread.is_alive() and not running.raised and running.agent.failure is None
+    assert running.agent.registry.get(running.agent.agent_id, alive_only=False) is None
+
+
 @pytest.mark.slow
 def test_idle_agent_survives_an_outage(
     aws_stack: AwsStack,
@@ -141,6 +149,7 @@ def test_idle_agent_survives_an_outage(
         assert done["status"] == "Succeeded", done
         assert decode(download(aws_stack, done))
         assert running.thread.is_alive() and running.agent.failure is None
+        _stop_cleanly(running)
 
 
 @pytest.mark.slow
@@ -172,6 +181,7 @@ def test_capture_survives_an_outage(
         assert_cpu_trace(download(aws_stack, done))
         assert running.agent.wait_idle(30)
         assert running.thread.is_alive() and running.agent.failure is None
+        _stop_cleanly(running)
 
     s3 = _s3(aws_stack)
     assert len(s3.list_objects_v2(Bucket=aws_stack.bucket).get("Contents", [])) == 1
