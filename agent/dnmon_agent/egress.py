@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as AwsConnectionError
 
 PART_SIZE = 8 << 20  # S3's minimum is 5 MiB for every part but the last
 
@@ -59,6 +61,7 @@ class S3MultipartWriter:
         content_type: str = "application/octet-stream",
         part_size: int = PART_SIZE,
         kms_key_id: str | None = None,
+        outage_seconds: float = 0.0,
     ) -> None:
         if part_size < 5 << 20:
             raise ValueError("S3 parts must be at least 5 MiB")
@@ -68,6 +71,7 @@ class S3MultipartWriter:
         self.content_type = content_type
         self.part_size = part_size
         self.kms_key_id = kms_key_id
+        self.outage_seconds = outage_seconds  # how long S3 may stay unreachable before giving up
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
@@ -80,11 +84,22 @@ class S3MultipartWriter:
         return extra
 
     def _call(self, what: str, method: Any, **kwargs: Any) -> Any:
-        try:
-            return method(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        # S3 unreachable (refused, reset, timed out) after botocore's own retries: an outage, ridden
+        # out for ``outage_seconds`` (each call is idempotent) rather than discarding the artifact.
+        give_up, delay = time.monotonic() + self.outage_seconds, 0.5
+        while True:
+            try:
+                return method(**kwargs)
+            except (AwsConnectionError, HTTPClientError) as exc:
+                if time.monotonic() + delay < give_up:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                error: Exception = exc
+            except (ClientError, BotoCoreError) as exc:
+                error = exc
             self.abort()
-            raise EgressError(f"S3 {what} failed for s3://{self.bucket}/{self.key}: {exc}") from exc
+            raise EgressError(f"S3 {what} failed for s3://{self.bucket}/{self.key}: {error}") from error
 
     def write(self, data: bytes) -> None:
         # Fill the part buffer exactly to the part size and hand that very buffer to S3, so the

@@ -18,6 +18,7 @@ Control plane (API and schedule functions, the local stack):
 | ``DNMON_STREAM_INGEST_URL`` | local stack only: where artifacts without egress stream | unset |
 | ``DNMON_AGENT_QUEUE_PREFIX`` | agent queues are ``<prefix><agent id>`` | ``dnmon-agent-`` |
 | ``DNMON_DEAD_LETTER_ARN`` | redrive target of every agent queue | unset |
+| ``DNMON_AGENT_RETIRE_SECONDS`` | the janitor removes agents (and queues) silent for longer | 86400 |
 | ``DNMON_ALLOW_AGENT_ID_OVERRIDE`` | ``1``: agents may name their id (one identity, several agents) | unset |
 
 Agent (``dnmon agent``): see ``AgentSettings``.
@@ -138,6 +139,7 @@ class ServiceSettings:
     agent_queue_prefix: str = "dnmon-agent-"
     dead_letter_arn: str | None = None
     allow_agent_id_override: bool = False
+    agent_retire_seconds: float = 86400.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -165,6 +167,7 @@ class ServiceSettings:
                 agent_queue_prefix=env.get("DNMON_AGENT_QUEUE_PREFIX", "dnmon-agent-"),
                 dead_letter_arn=env.get("DNMON_DEAD_LETTER_ARN") or None,
                 allow_agent_id_override=env.get("DNMON_ALLOW_AGENT_ID_OVERRIDE") == "1",
+                agent_retire_seconds=float(env.get("DNMON_AGENT_RETIRE_SECONDS", "86400")),
                 fleet_limits={
                     kind: int(text)
                     for kind, text in (

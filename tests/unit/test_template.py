@@ -33,6 +33,7 @@ HANDLERS = {
     "AuthorizerFunction": "dnmon_api.authorizer.handler",
     "ScheduleFunction": "dnmon_api.schedule.handler",
     "AgentApiFunction": "dnmon_api.agent_api.handler",
+    "JanitorFunction": "dnmon_api.janitor.handler",
 }
 ROUTES = {
     ("POST", "/livemetrics"),
@@ -215,6 +216,7 @@ def _stub_root(root: Path) -> Path:
     (package / "app.py").write_text("def handler(event, context):\n    return {}\n")
     (package / "authorizer.py").write_text("def authorize(event, context):\n    return {}\n\nhandler = 1\n")
     (package / "agent_api.py").write_text("def handler(event, context):\n    return {}\n")
+    (package / "janitor.py").write_text("def handler(event, context):\n    return {}\n")
     return root
 
 
@@ -465,7 +467,10 @@ def test_sample_schedule_is_disabled_and_starts_a_cpu_trace(
     settings = ServiceSettings.from_env(_environment(sam, "ScheduleFunction"))
     assert payload["query"]["egressProvider"] in settings.egress_providers
 
-    (schedule,) = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Scheduler::Schedule"]
+    schedules = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Scheduler::Schedule"]
+    (schedule,) = [
+        s for s in schedules if s["Properties"]["Target"]["Arn"] != {"Fn::GetAtt": ["JanitorFunction", "Arn"]}
+    ]
     assert schedule["Properties"]["State"] == "DISABLED"
     assert schedule["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": ["ScheduleFunction", "Arn"]}
 

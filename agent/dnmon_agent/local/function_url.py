@@ -41,6 +41,10 @@ class FunctionUrl(ThreadingHTTPServer):
         self.identities = dict(identities)
         self._handler: Handler | None = None
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (or a cut network in tests) is not a server fault."""
+        log.debug("function URL connection from %s ended badly", client_address, exc_info=True)
+
     def handler(self) -> Handler:
         if self._handler is None:
             self._handler = load_handler(self.handler_name)

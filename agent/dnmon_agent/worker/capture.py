@@ -201,6 +201,7 @@ class Capture:
             content_type=ARTIFACT_CONTENT_TYPES[self.job.kind],
             part_size=settings.part_size,
             kms_key_id=egress.kms_key_id,
+            outage_seconds=settings.lease_seconds,  # as the final write: an outage shorter than the lease
         )
 
     def _allowed_directory(self, directory: str | None) -> Path:
