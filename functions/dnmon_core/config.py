@@ -12,7 +12,7 @@ Control plane (API and schedule functions, the local stack):
 | ``DNMON_SYNC_BUDGET_SECONDS`` | how long a request without ``egressProvider`` waits for the artifact | 25 |
 | ``DNMON_INLINE_LIMIT_BYTES`` | largest artifact returned in the response body | 4194304 |
 | ``DNMON_EGRESS_PROVIDERS`` | named egress providers, JSON (below) | ``{}`` |
-| ``DNMON_AGENT_MAX_SILENCE_SECONDS`` | an agent silent for longer is not alive (3 liveness periods) | 900 |
+| ``DNMON_AGENT_MAX_SILENCE_SECONDS`` | an agent silent for longer is not alive (3 liveness periods) | 1800 |
 | ``DNMON_CLAIM_SECONDS`` | how long a job may wait for its agent's claim before it fails | 60 |
 | ``DNMON_COUNTER_INTERVAL_SECONDS`` | live-metrics interval (``GlobalCounter:IntervalSeconds``) | 5 |
 | ``DNMON_STREAM_INGEST_URL`` | local stack only: where artifacts without egress stream | unset |
@@ -129,7 +129,7 @@ class ServiceSettings:
     sync_budget_seconds: float = 25.0
     inline_limit_bytes: int = INLINE_LIMIT
     egress_providers: Mapping[str, EgressProvider] = field(default_factory=dict)
-    agent_max_silence_seconds: float = 900.0
+    agent_max_silence_seconds: float = 1800.0
     claim_seconds: float = 60.0
     counter_interval_seconds: float = 5.0
     presign_expiry: timedelta = timedelta(minutes=15)
@@ -159,7 +159,7 @@ class ServiceSettings:
                 sync_budget_seconds=float(env.get("DNMON_SYNC_BUDGET_SECONDS", "25")),
                 inline_limit_bytes=int(env.get("DNMON_INLINE_LIMIT_BYTES", str(INLINE_LIMIT))),
                 egress_providers=parse_egress_providers(env.get("DNMON_EGRESS_PROVIDERS")),
-                agent_max_silence_seconds=float(env.get("DNMON_AGENT_MAX_SILENCE_SECONDS", "900")),
+                agent_max_silence_seconds=float(env.get("DNMON_AGENT_MAX_SILENCE_SECONDS", "1800")),
                 claim_seconds=float(env.get("DNMON_CLAIM_SECONDS", "60")),
                 counter_interval_seconds=float(env.get("DNMON_COUNTER_INTERVAL_SECONDS", "5")),
                 stream_ingest_url=env.get("DNMON_STREAM_INGEST_URL") or None,
@@ -200,7 +200,7 @@ class AgentSettings:
     | ``DNMON_HOST_NAME`` | the display name and ``host`` parameter value | the host name |
     | ``DNMON_MAX_CAPTURES`` | captures this agent runs at once | 6 |
     | ``DNMON_LEASE_SECONDS`` | an operation's lease, renewed at a third of it | 60 |
-    | ``DNMON_LIVENESS_SECONDS`` | how often the agent says it is alive | 300 |
+    | ``DNMON_LIVENESS_SECONDS`` | how often the agent says it is alive | 600 |
     | ``DNMON_SCAN_SECONDS`` | how often the diagnostics sockets are scanned for changes | 1 |
     | ``DNMON_POLL_SECONDS`` | SQS long-poll wait (20 is the maximum and the cheapest) | 20 |
     | ``DNMON_EGRESS_DIRECTORIES`` | directories filesystem egress may write into (``:``-separated) | none |
@@ -213,7 +213,7 @@ class AgentSettings:
     agent_id: str | None = None
     max_captures: int = 6
     lease_seconds: float = 60.0
-    liveness_seconds: float = 300.0
+    liveness_seconds: float = 600.0
     scan_seconds: float = 1.0
     poll_seconds: int = 20
     part_size: int = 8 << 20
@@ -234,7 +234,7 @@ class AgentSettings:
                 agent_id=env.get("DNMON_AGENT_ID") or None,
                 max_captures=int(env.get("DNMON_MAX_CAPTURES", "6")),
                 lease_seconds=float(env.get("DNMON_LEASE_SECONDS", "60")),
-                liveness_seconds=float(env.get("DNMON_LIVENESS_SECONDS", "300")),
+                liveness_seconds=float(env.get("DNMON_LIVENESS_SECONDS", "600")),
                 scan_seconds=float(env.get("DNMON_SCAN_SECONDS", "1")),
                 poll_seconds=int(env.get("DNMON_POLL_SECONDS", "20")),
                 egress_directories=tuple(

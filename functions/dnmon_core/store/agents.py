@@ -115,7 +115,7 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 class AgentRegistry:
     """Which agents exist, where their queues are, which processes they reported."""
 
-    def __init__(self, table: Any, *, clock: Clock = time.time, max_silence: float = 900.0) -> None:
+    def __init__(self, table: Any, *, clock: Clock = time.time, max_silence: float = 1800.0) -> None:
         self.table = table
         self.clock = clock
         self.max_silence = max_silence
