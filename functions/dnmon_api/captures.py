@@ -35,6 +35,7 @@ from dnmon_core.operations import (
     OperationProcess,
     OperationState,
     ProcessSelector,
+    artifact_name,
 )
 from dnmon_core.queries import CaptureQuery, ProcessQuery
 from dnmon_core.signing import MessageType
@@ -255,9 +256,19 @@ def respond(services: Services, record: OperationRecord, query: CaptureQuery, lo
     if query.egress_provider is not None:
         return accepted(location)
     if services.settings.stream_ingest_url:
-        headers = {"Location": location, STREAM_HEADER: str(record.operation_id)}
+        headers = {
+            "Location": location,
+            "Content-Disposition": content_disposition(record),
+            STREAM_HEADER: str(record.operation_id),
+        }
         return Response(200, ARTIFACT_CONTENT_TYPES[record.kind], "", headers=headers)
     return finish_inline(services, record, query, location)
+
+
+def content_disposition(record: OperationRecord) -> str:
+    """As dotnet-monitor sends it, so ``curl -OJ`` keeps the artifact's own name."""
+    pid = record.process.pid if record.process else 0
+    return f'attachment; filename="{artifact_name(record.kind, pid, record.created)}"'
 
 
 def finish_inline(
@@ -290,7 +301,8 @@ def finish_inline(
     body = services.s3.get_object(Bucket=artifact["bucket"], Key=artifact["key"])["Body"].read()
     content_type = ARTIFACT_CONTENT_TYPES[record.kind]
     payload: Any = body if record.kind == ArtifactKind.TRACE else body.decode("utf-8")
-    return Response(200, content_type, payload, headers={"Location": location})
+    headers = {"Location": location, "Content-Disposition": content_disposition(record)}
+    return Response(200, content_type, payload, headers=headers)
 
 
 def location_of(base_url: str, operation_id: uuid.UUID) -> str:

@@ -194,6 +194,10 @@ def test_indefinite_trace_stopped_gracefully_while_streaming(up: Up, dotnet_targ
     response = up.request("POST", f"/trace?pid={target.pid}&durationSeconds=-1", SEED_TRACE_BODY)
     assert response.status == 200
     location = str(response.getheader("Location"))
+    disposition = str(response.getheader("Content-Disposition"))
+    assert re.fullmatch(
+        rf'attachment; filename="\d{{8}}_\d{{6}}_\d{{3}}_{target.pid}\.nettrace"', disposition
+    )
     received = bytearray(response.read1(1 << 16))
     stopper = up.request("DELETE", "/operations/" + location.rsplit("/", 1)[1] + "?stop=true")
     assert stopper.status == 202

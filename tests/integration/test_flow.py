@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,6 +110,10 @@ def test_livemetrics_inline_json_seq(
     response = call("POST", "/livemetrics", query={"pid": str(target.pid), "durationSeconds": "3"}, body=body)
     assert response["statusCode"] == 200, response
     assert header(response, "Content-Type") == "application/json-seq"
+    disposition = header(response, "Content-Disposition") or ""
+    assert re.fullmatch(
+        rf'attachment; filename="\d{{8}}_\d{{6}}_\d{{3}}_{target.pid}\.metrics\.json"', disposition
+    )
     raw = body_bytes(response)
     assert raw.startswith(b"\x1e")
     records = list(iter_json_seq(raw))
