@@ -171,3 +171,20 @@ def test_replies_only_to_questions_put_to_the_caller(aws_stack: AwsStack, url: s
         b.reply(question, {"environment": {"A": "2"}})  # answered once
     assert replies.take(question) == {"environment": {"A": "1"}}
     assert replies.take(question) is None  # read once, then gone
+
+
+def test_re_registering_updates_the_queue(
+    aws_stack: AwsStack, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue made with other attributes (an older release, a new dead-letter queue) is updated,
+    not a registration that fails with QueueAlreadyExists."""
+    sqs = boto3.client("sqs", endpoint_url=aws_stack.endpoint, region_name="us-east-1")
+    first = _client(url, "key-a").register("web-1", "1.0")
+    dlq = sqs.create_queue(QueueName=f"dlq-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    monkeypatch.setenv("DNMON_DEAD_LETTER_ARN", dlq_arn)
+    again = _client(url, "key-a").register("web-1", "1.1")
+    assert again.queue_url == first.queue_url
+    attributes = sqs.get_queue_attributes(QueueUrl=again.queue_url, AttributeNames=["All"])["Attributes"]
+    assert json.loads(attributes["RedrivePolicy"])["deadLetterTargetArn"] == dlq_arn
+    assert "AIDAAGENTA" in attributes["Policy"]
