@@ -37,14 +37,13 @@ from dnmon_core.operations import OperationError, OperationProcess, OperationSta
 from dnmon_core.store import (
     ConditionFailed,
     NotFound,
-    StoreError,
     StoreUnavailable,
     TransitionRejected,
     map_aws_errors,
     slots_of,
 )
 
-from .problems import Problem
+from .problems import Problem, install_handlers
 from .resolvers import FunctionUrlResolver
 from .services import Services, services
 
@@ -333,20 +332,7 @@ def put_reply(request_id: str) -> Response[str]:
 # --- errors ----------------------------------------------------------------------------------------
 
 
-@app.exception_handler(Problem)
-def _problem(exc: Problem) -> Response[str]:
-    return exc.response()
-
-
-@app.exception_handler(StoreError)
-def _store(exc: StoreError) -> Response[str]:
-    logger.error("AWS failure", extra={"error": str(exc), "code": exc.code})
-    return Problem(503, "dnmon's AWS services did not answer; try again.").response()
-
-
-@app.not_found
-def _not_found(exc: Exception) -> Response[str]:
-    return Problem(404, "No such agent API route.").response()
+install_handlers(app, logger, "No such agent API route.")
 
 
 @logger.inject_lambda_context(clear_state=True)

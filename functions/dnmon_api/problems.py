@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
+
+from dnmon_core.config import ConfigurationError
+from dnmon_core.store import StoreError
 
 PROBLEM_JSON = "application/problem+json"
 _TYPES = {
@@ -67,3 +72,27 @@ def validation_problem(errors: Mapping[str, Sequence[str]]) -> Problem:
 
 def rate_limited() -> Problem:
     return Problem(429, "Rate limit reached.")
+
+
+def install_handlers(app: Any, logger: Logger, unknown_route: str) -> None:
+    """The error rendering every resolver shares: a Problem as itself, every AWS fault (the store
+    maps ClientError and BotoCoreError alike) a 503, a misconfiguration a 500, an unknown route
+    a 404 — always problem+json, never a bare 502 from an exception that escaped."""
+
+    @app.exception_handler(Problem)
+    def _problem(exc: Problem) -> Response[str]:
+        return exc.response()
+
+    @app.exception_handler(StoreError)
+    def _store(exc: StoreError) -> Response[str]:
+        logger.error("AWS failure", extra={"error": str(exc), "code": exc.code})
+        return Problem(503, "dnmon's AWS services did not answer; try again.").response()
+
+    @app.exception_handler(ConfigurationError)
+    def _configuration(exc: ConfigurationError) -> Response[str]:
+        logger.error("misconfigured", extra={"error": str(exc)})
+        return Problem(500, f"dnmon is misconfigured: {exc}").response()
+
+    @app.not_found
+    def _not_found(exc: Exception) -> Response[str]:
+        return Problem(404, unknown_route).response()

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from dnmon_agent.local.template import read
 from dnmon_api.agent_api import queue_policy
 from tests.iam import ALLOW, EXPLICIT_DENY, IMPLICIT_DENY, Request, Stack, evaluate
 
@@ -21,26 +21,6 @@ QUEUE = f"arn:aws:sqs:{REGION}:{ACCOUNT}:dnmon-agent-{{}}"
 KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 TABLE = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/dnmon"
 ARTIFACT = "20261130_101010_123_42.nettrace"
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-        if name == "Fn::GetAtt":
-            value = value.split(".", 1)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    return {name: value}
-
-
-_Loader.add_multi_constructor("!", _tag)
 
 
 class Host:
@@ -58,7 +38,7 @@ A, B = Host("i-0aaaaaaaaaaaaaaaa"), Host("i-0bbbbbbbbbbbbbbbb")
 
 @pytest.fixture(scope="module")
 def agent_policy() -> dict[str, Any]:
-    template = yaml.load(TEMPLATE.read_text(), Loader=_Loader)
+    template = read(TEMPLATE)
     stack = Stack(
         refs={"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
               "AgentQueuePrefix": "dnmon-agent-", "ArtifactBucket": BUCKET},

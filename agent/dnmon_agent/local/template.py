@@ -74,11 +74,17 @@ def _pattern(path: str) -> re.Pattern[str]:
     return re.compile(regex)
 
 
-def load(path: Path) -> ApiDefinition:
+def read(path: Path) -> dict[str, Any]:
+    """The template as data, CloudFormation's short-form tags as their long form."""
     try:
-        document = yaml.load(path.read_text(), Loader=_CfnLoader)
+        document: dict[str, Any] = yaml.load(path.read_text(), Loader=_CfnLoader)
     except (OSError, yaml.YAMLError) as exc:
         raise TemplateError(f"cannot read {path}: {exc}") from exc
+    return document
+
+
+def load(path: Path) -> ApiDefinition:
+    document = read(path)
     resources: dict[str, Any] = document.get("Resources") or {}
     default_handler = ((document.get("Globals") or {}).get("Function") or {}).get("Handler")
     handlers: dict[str, str] = {}

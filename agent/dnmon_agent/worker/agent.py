@@ -256,19 +256,22 @@ class Agent:
         thread.start()
 
     def _answer_environment(self, request: EnvironmentRequest) -> None:
-        """Read the target's environment (ProcessEnvironment) and leave the answer for the API."""
+        """Read the target's environment (ProcessEnvironment) and leave the answer for the API.
+        A thread of its own: whatever ends it is logged, and the API then answers 503 in time."""
         selector = request.process
         try:
-            target = select_process(
-                self.watcher.processes(), pid=selector.pid, uid=selector.uid, name=selector.name
-            )
-            reply: dict[str, Any] = {"environment": DiagnosticsClient(target.socket_path).environment()}
-        except DiagnosticsError as exc:
-            reply = {"error": str(exc)}
-        try:
+            try:
+                target = select_process(
+                    self.watcher.processes(), pid=selector.pid, uid=selector.uid, name=selector.name
+                )
+                reply: dict[str, Any] = {"environment": DiagnosticsClient(target.socket_path).environment()}
+            except DiagnosticsError as exc:
+                reply = {"error": str(exc)}
             self.control.reply(request.request_id, reply)
         except StoreError as exc:
             log.warning("storing the environment reply failed: %s", exc)
+        except Exception:
+            log.exception("answering environment request %s failed", request.request_id)
 
     def _delete(self, message: Mapping[str, Any]) -> None:
         try:

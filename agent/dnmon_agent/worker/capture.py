@@ -228,6 +228,10 @@ class Capture:
                 log.warning("renewing the lease of %s failed (retrying): %s", self.operation_id, exc)
                 wait = min(period, 2.0)
                 continue
+            except Exception:  # never let the lease die silently under a healthy capture
+                log.exception("renewing the lease of %s failed unexpectedly (retrying)", self.operation_id)
+                wait = min(period, 2.0)
+                continue
             wait = period
             if lease is None:  # cancelled, or the lease was lost: either way, end now
                 self.control.cancel.set()

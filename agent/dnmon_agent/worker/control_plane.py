@@ -120,7 +120,10 @@ class ControlPlane:
         answer = self._post(f"/operations/{operation_id}/lease", {"leaseSeconds": lease_seconds})
         if not answer.get("held"):
             return None
-        return LeaseState(OperationState(answer["status"]), bool(answer.get("stopRequested")))
+        try:
+            return LeaseState(OperationState(answer["status"]), bool(answer.get("stopRequested")))
+        except (KeyError, ValueError) as exc:
+            raise StoreError(f"the agent API's lease answer is not understood: {answer!r}") from exc
 
     def report(self, operation_id: uuid.UUID, state: OperationState, **changes: Any) -> None:
         """Move the operation on (a terminal state also frees its slots, server-side)."""
