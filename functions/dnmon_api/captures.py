@@ -124,8 +124,9 @@ def resolve_target(services: Services, query: ProcessQuery) -> Target:
     candidates = registry.candidates(
         pid=query.pid, uid=None if query.uid is None else str(query.uid), name=query.name
     )
-    alive = registry.alive_ids(c.agent_id for c in candidates)
-    candidates = [c for c in candidates if c.agent_id in alive]
+    # One BatchGetItem: the live agents among the candidates, with their full process lists.
+    live = {a.agent_id: a for a in registry.records(c.agent_id for c in candidates)}
+    candidates = [c for c in candidates if c.agent_id in live]
     if not candidates:
         raise Problem(400, f"{NOT_FOUND} No live agent reports a process with {_selector(query)}.")
     if len(candidates) > 1:
@@ -135,10 +136,7 @@ def resolve_target(services: Services, query: ProcessQuery) -> Target:
             f"{NOT_FOUND} {len(candidates)} processes match {_selector(query)}: {listed}. "
             "Choose one with uid, or with host.",
         )
-    agent = registry.get(candidates[0].agent_id)
-    if agent is None:
-        raise Problem(400, f"{NOT_FOUND} The agent on {candidates[0].host_name} stopped reporting.")
-    return _on_agent(agent, query)
+    return _on_agent(live[candidates[0].agent_id], query)
 
 
 def _selector(query: ProcessQuery) -> str:

@@ -282,6 +282,10 @@ class AgentRegistry:
             and (name is None or name_matches(name, c.name, c.pod_name, c.container_id))
         ]
 
+    def records(self, agent_ids: Iterable[str], *, alive_only: bool = True) -> list[AgentRecord]:
+        """These agents (the live ones, by default): one BatchGetItem per 50."""
+        return self._records(list(agent_ids), alive_only=alive_only)
+
     def alive_ids(self, agent_ids: Iterable[str]) -> set[str]:
         """Which of these agents reported within ``max_silence``: one BatchGetItem per 100."""
         now = self.clock()
