@@ -5,9 +5,10 @@ derandomized number of generated requests, valid and invalid; each response must
 error and must conform to the document (status code, content type, headers, body schema).
 
 Captures are real, so the generated requests are steered: ``durationSeconds`` is forced to 0 or 1
-(never indefinite, so no capture outlives its request and no slot stays held), and a ``pid`` that is
-given names the module's DemoApp, so that valid requests really capture. 429 is documented, so a
-busy host would still conform.
+(never indefinite, so no capture outlives its request and no slot stays held; a 202 is waited out),
+and valid (positive) requests select the module's DemoApp by ``pid`` (``uid``, ``name`` and ``host``
+dropped), so that they really capture. 429 is documented, so a busy host would still conform.
+Generated operation ids never exist, so test_operations_in_every_state_conform covers real ones.
 """
 
 from __future__ import annotations
