@@ -6,7 +6,10 @@ idle and through one 60 s trace egressed to S3; and what each agent API invocati
 * moto in server mode (child process), the agent API behind the local AWS_IAM function URL, the API
   handler in-process (``benchmarks._stack``); one real ``Agent`` with production defaults (20 s long
   poll, 60 s lease renewed every 20 s, liveness every 600 s, a 1 s scan of the real machine);
-* one real .NET 8 target (``tests/targets/Sleeper.cs 600``);
+* one real .NET 8 target (``tests/targets/Sleeper.cs 600``). It and the agent share a private
+  ``TMPDIR`` and the agent discovers with ``DNMON_DISCOVERY=tmpdir`` (``--whole-machine`` scans every
+  process instead): .NET processes that other work starts and stops on this machine would otherwise
+  be changes the idle agent publishes;
 * capture: ``POST /trace?pid=…&durationSeconds=60&egressProvider=s3`` and everything that follows
   until the operation has ended and its slot is free; the long polls that came back empty during it
   are the idle baseline, not the capture's;
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
+import tempfile
 import threading
 import time
 import uuid
@@ -109,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--idle-seconds", type=float, default=630.0)
     parser.add_argument("--trace-seconds", type=int, default=60)
+    parser.add_argument("--whole-machine", action="store_true", help="discover every process")
     args = parser.parse_args(argv)
 
     from tests.apigw import header
@@ -119,7 +125,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from dnmon_core.store import OperationStore
 
     meter = Meter()
-    target = DotnetTarget.start("Sleeper.cs", "600")
+    target_env: dict[str, str] = {}
+    if not args.whole_machine:
+        private = tempfile.mkdtemp(prefix="dnmon-bench-cost-")
+        os.environ.update({"TMPDIR": private, "DNMON_DISCOVERY": "tmpdir"})
+        tempfile.tempdir = None
+        target_env = {"TMPDIR": private}
+    target = DotnetTarget.start("Sleeper.cs", "600", env=target_env)
     stop = threading.Event()
     try:
         with meter.installed(), stack(meter) as st:
@@ -224,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "idle": idle,
             "agent_api_duration_local": lambda_ms,
             "per_month_minutes": MINUTES_PER_MONTH,
+            "discovery": "whole machine" if args.whole_machine else "DNMON_DISCOVERY=tmpdir, private TMPDIR",
         },
     )
 
