@@ -7,7 +7,8 @@ the agent API behind the local AWS_IAM function URL; the API handler in-process.
 ``tests/targets/Sleeper.cs 600`` is launched and ``GET /processes?host=…`` is asked every 50 ms
 until the new pid is listed. The clock starts just before the process is spawned (``Popen``), so
 the figure includes the runtime's own start-up until its diagnostics socket exists. The time
-until ``DotnetTarget.start`` returns (socket accepting, ``ready`` printed) is reported beside it.
+until ``DotnetTarget.start`` returns (socket accepting, ``ready`` printed) is reported beside it. Starts
+are spaced 2 to 3 s apart at random, so they fall at random points of the 1 s scan period.
 
 Writes ``benchmarks/out/freshness.json``.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import threading
 import time
@@ -63,7 +65,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     target.stop()
                 rounds.append({"pid": target.pid, "ready_seconds": round(ready, 3), "listed_seconds": listed})
                 print(rounds[-1], flush=True)
-                time.sleep(2)  # the exit is published before the next start
+                # The exit is published before the next start; the random part keeps the starts from
+                # locking onto the watcher's 1 s tick (a fixed pause did: every start just before it).
+                time.sleep(2 + random.random())
         finally:
             stop.set()
             thread.join(timeout=30)

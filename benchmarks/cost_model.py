@@ -73,35 +73,48 @@ def capture_cost(cost: dict[str, Any]) -> dict[str, Any]:
 
 
 def idle_cost(cost: dict[str, Any]) -> dict[str, Any]:
+    """SQS long polls and liveness, per minute as measured. A process change inside the window
+    (the target exits after its 600 s) is not idle: it is priced separately."""
     i = cost["idle"]
+    minutes = i["window_seconds"] / 60
     durations = cost["agent_api_duration_local"]
     alive_ms = durations.get("/alive", {"median_ms": 10.0})["median_ms"]
+    alive = i["agent_api_aws_by_route"].get("/alive", {"invocations": 0})["invocations"] / minutes
     per_month = {
         "sqs_requests": i["sqs_requests_per_minute"] * MINUTES_PER_MONTH,
-        "agent_api_invocations": i["agent_api_calls_per_minute"] * MINUTES_PER_MONTH,
-        "dynamodb_write_units": i["capacity_per_minute"]["write_units"] * MINUTES_PER_MONTH,
-        "dynamodb_read_units": i["capacity_per_minute"]["read_units"] * MINUTES_PER_MONTH,
+        "agent_api_invocations (/alive)": alive * MINUTES_PER_MONTH,
+        "dynamodb_write_units (liveness PutItem, 1 unit)": alive * MINUTES_PER_MONTH,
     }
     lines = {
         "SQS long polls": per_month["sqs_requests"] * PER_MILLION["sqs"] / 1e6,
-        "Lambda: agent API (liveness)": lambda_cost(per_month["agent_api_invocations"], alive_ms / 1000),
-        "DynamoDB writes (liveness)": per_month["dynamodb_write_units"]
-        * PER_MILLION["dynamodb_write_unit"]
-        / 1e6,
-        "DynamoDB reads": per_month["dynamodb_read_units"] * PER_MILLION["dynamodb_read_unit"] / 1e6,
+        "Lambda: agent API /alive": lambda_cost(alive * MINUTES_PER_MONTH, alive_ms / 1000),
+        "DynamoDB writes (liveness)": alive * MINUTES_PER_MONTH * PER_MILLION["dynamodb_write_unit"] / 1e6,
     }
+    change = i["agent_api_aws_by_route"].get("/processes")
+    process_change = None
+    if change:
+        ms = durations["/processes"]["median_ms"]
+        # UpdateItem of the agent item (in gsi1: 2 units), BatchWriteItem of index items (1 unit
+        # each: 5 per process added or removed), BatchGetItem of META + LIVE (2 units).
+        dollars = (
+            lambda_cost(1, ms / 1000)
+            + (2 + 5) * PER_MILLION["dynamodb_write_unit"] / 1e6
+            + 2 * PER_MILLION["dynamodb_read_unit"] / 1e6
+        )
+        process_change = {"aws": change["aws"], "dollars": round(dollars, 9)}
     return {
         "per_month_requests": {k: round(v, 1) for k, v in per_month.items()},
         "alive_invocation_ms_assumed": alive_ms,
         "dollars": {k: round(v, 6) for k, v in lines.items()},
         "total_dollars": round(sum(lines.values()), 6),
+        "one_process_change_publish": process_change,
     }
 
 
 def janitor_cost(fleet: dict[str, Any], hosts: int) -> float:
     """One run per hour; its requests scale with the fleet (pages of 100 agents, 1,000 queues)."""
     levels = fleet["api_by_fleet_size"]
-    largest = max(levels, key=int)
+    largest = max((n for n in levels if "janitor sweep" in levels[n]), key=int)
     run = levels[largest]["janitor sweep"]
     scale = hosts / int(largest)
     ops = run["aws_operations"]
