@@ -47,6 +47,9 @@ bench: venv tools
 	$(BIN)/python -m benchmarks.bench_api
 	$(BIN)/python -m benchmarks.bench_agent
 	$(BIN)/python -m benchmarks.bench_discovery
+	$(BIN)/python -m benchmarks.bench_fleet
+	$(BIN)/python -m benchmarks.bench_cost
+	$(BIN)/python -m benchmarks.bench_freshness
 
 clean:
 	rm -rf $(VENV) .dnmon-cache .pytest_cache .mypy_cache .ruff_cache
