@@ -33,7 +33,16 @@ from tests.dotnet import build_app
 
 INIT = r"""
 import json, os, subprocess, sys, threading
+# The container's own /tmp. What the targets need from the host's /tmp (a checkout there, with
+# its .venv and compiled apps) is bound back in through /mnt, which this namespace alone sees.
+keep = json.loads(sys.argv[1])
+if keep:
+    os.makedirs("/mnt", exist_ok=True)
+    subprocess.run(["mount", "--bind", "/tmp", "/mnt"], check=True)
 subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "dnmon-test", "/tmp"], check=True)
+for path in keep:
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "--bind", os.path.join("/mnt", os.path.relpath(path, "/tmp")), path], check=True)
 lock = threading.Lock()
 def say(**message):
     with lock:
@@ -108,12 +117,30 @@ class ContainerTarget:
         self.container.wait_exit(self.namespaced_pid)
 
 
+def _under_tmp() -> list[str]:
+    """This checkout and interpreter, when they live under /tmp (a CI clone may): the private /tmp
+    would hide them from the targets."""
+    wanted = {Path(__file__).resolve().parents[1], Path(sys.prefix).resolve()}
+    tmp = Path("/tmp").resolve()
+    return sorted(str(p) for p in wanted if p == tmp or tmp in p.parents)
+
+
 class Container:
     """One PID + mount namespace with a private /tmp, and the .NET targets started in it."""
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            ["unshare", "--fork", "--pid", "--mount-proc", "--mount", sys.executable, "-c", INIT],
+            [
+                "unshare",
+                "--fork",
+                "--pid",
+                "--mount-proc",
+                "--mount",
+                sys.executable,
+                "-c",
+                INIT,
+                json.dumps(_under_tmp()),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
