@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,13 +31,11 @@ def test_live_metrics_of_a_namespaced_process_over_http(stack: Up) -> None:
         stack.wait_for_process(target.pid)
         info = stack.json("GET", f"/processes/{target.pid}")
         assert info["pid"] == target.pid and info["namespacedPid"] == target.namespaced_pid
-        started = time.monotonic()
         response = stack.request(
             "POST", f"/livemetrics?pid={target.pid}&durationSeconds=6", SEED_LIVEMETRICS_BODY
         )
         assert response.status == 200, response.read()
         records = list(iter_json_seq(response.read()))
-        assert time.monotonic() - started < 30
         assert {r["name"] for r in records} == {"counter1", "counter2", "myHistogram"}
         assert {r["value"] for r in records if r["name"] == "counter1"} == {3}
         location = response.getheader("Location")
