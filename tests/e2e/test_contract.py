@@ -36,23 +36,15 @@ NOT_FOUND = "Unable to discover a target process."
 @pytest.fixture(scope="module")
 def demo(up: Up) -> Iterator[DotnetTarget]:
     """One busy DemoApp for the module's captures."""
-    target = DotnetTarget.start("DemoApp.cs", "cpu")
-    try:
-        up.wait_for_process(target.pid)
+    with test_up.listed_target(up, "DemoApp.cs", "cpu") as target:
         yield target
-    finally:
-        target.stop()
 
 
 @pytest.fixture(scope="module")
 def echo(up: Up) -> Iterator[DotnetTarget]:
     """ArgsEcho prints the Arguments its EventSource was enabled with."""
-    target = DotnetTarget.start("ArgsEcho.cs", "600")
-    try:
-        up.wait_for_process(target.pid)
+    with test_up.listed_target(up, "ArgsEcho.cs", "600") as target:
         yield target
-    finally:
-        target.stop()
 
 
 def problem(response: Any) -> dict[str, Any]:

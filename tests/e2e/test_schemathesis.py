@@ -51,12 +51,8 @@ EXAMPLES = 12
 
 @pytest.fixture(scope="module")
 def demo(up: Up) -> Iterator[DotnetTarget]:
-    target = DotnetTarget.start("DemoApp.cs", "cpu")
-    try:
-        up.wait_for_process(target.pid)
+    with test_up.listed_target(up, "DemoApp.cs", "cpu") as target:
         yield target
-    finally:
-        target.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pytest
 from dnmon_agent.local.stack import SEED_LIVEMETRICS_BODY, SEED_TRACE_BODY
 from dnmon_core.models import iter_json_seq
 from tests.conftest import StartTarget
+from tests.dotnet import DotnetTarget
 from tests.traces import assert_cpu_trace
 
 pytestmark = pytest.mark.dotnet
@@ -112,6 +114,17 @@ def stop_up(up: Up) -> None:
         if up.process.poll() is None:
             up.process.kill()
             up.process.wait()
+
+
+@contextmanager
+def listed_target(up: Up, source: str, *args: str) -> Iterator[DotnetTarget]:
+    """A .NET target the stack already lists; stopped on exit (for a module's shared fixtures)."""
+    target = DotnetTarget.start(source, *args)
+    try:
+        up.wait_for_process(target.pid)
+        yield target
+    finally:
+        target.stop()
 
 
 @pytest.fixture(scope="module")
