@@ -32,6 +32,7 @@ from .pipelines.counters import CountersPipeline
 from .pipelines.runner import CaptureError, StopControl, run_live_metrics, run_trace
 from .pipelines.trace import DEFAULT_TRACE_CONFIGURATION, session_configuration
 from .runbook import commands as runbook
+from .runbook.target import duration_seconds
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -44,16 +45,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _duration(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value == 0 or value < -1:
-        raise argparse.ArgumentTypeError("must be -1 (until interrupted) or a positive number of seconds")
-    return value
 
 
 def _interval(text: str) -> float:
@@ -80,7 +71,7 @@ def _add_selector(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--name", help="process name (case-insensitive)")
     parser.add_argument(
         "--duration",
-        type=_duration,
+        type=duration_seconds,
         default=30,
         metavar="SECONDS",
         help="capture length; -1 runs until SIGINT/SIGTERM (default 30)",

@@ -18,13 +18,14 @@ def _uid(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not a GUID: {text!r}") from None
 
 
-def _duration(text: str) -> int:
+def duration_seconds(text: str) -> int:
+    """``--duration``: -1 (until interrupted) or a positive number of seconds, for every command."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value == 0 or value < -1:
-        raise argparse.ArgumentTypeError("must be -1 (until Ctrl-C) or a positive number of seconds")
+        raise argparse.ArgumentTypeError("must be -1 (until interrupted) or a positive number of seconds")
     return value
 
 
@@ -40,7 +41,7 @@ def add_capture_args(parser: argparse.ArgumentParser, *, default_duration: int) 
     add_process_args(parser, required=True)
     parser.add_argument(
         "--duration",
-        type=_duration,
+        type=duration_seconds,
         default=default_duration,
         metavar="S",
         help=f"seconds; -1 runs until Ctrl-C (default {default_duration})",
