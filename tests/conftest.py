@@ -116,7 +116,6 @@ def aws_stack(moto_endpoint: str, agent_api_url: str, monkeypatch: pytest.Monkey
         "DNMON_EGRESS_PROVIDERS": json.dumps(
             {"s3": {"type": "s3", "bucketName": bucket, "prefix": "egress/"}}
         ),
-        "DNMON_SYNC_BUDGET_SECONDS": "20",
         "DNMON_CLAIM_SECONDS": "20",
         "DNMON_COUNTER_INTERVAL_SECONDS": "1",
         "DNMON_AGENT_QUEUE_PREFIX": f"dnmon-{suffix}-",

@@ -9,18 +9,22 @@ that aborts the upload, so no orphaned parts are billed.
 from __future__ import annotations
 
 import contextlib
-import http.client
+import logging
 import os
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any, Protocol, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as AwsConnectionError
 
 PART_SIZE = 8 << 20  # S3's minimum is 5 MiB for every part but the last
+
+log = logging.getLogger("dnmon.agent.egress")
+T = TypeVar("T")
 
 
 class EgressError(Exception):
@@ -31,14 +35,31 @@ class EgressError(Exception):
 class ArtifactLocation:
     """Where a finished artifact is: enough to build ``resourceLocation`` and to download it."""
 
-    kind: str  # "s3" | "filesystem" | "stream"
+    kind: str  # "s3" | "filesystem" | "memory"
     size: int
     bucket: str | None = None
     key: str | None = None
     path: str | None = None
+    chunks: int | None = None  # how many chunks the live view published (streamed responses)
+    chunks_broken: str | None = None  # why the live view stopped early, if it did
+    partial: bool | None = None  # what the runtime sent before the capture failed
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _ride_out_outage(call: Callable[[], T], outage_seconds: float) -> T:
+    """S3 unreachable (refused, reset, timed out) after botocore's own retries is an outage, ridden
+    out for ``outage_seconds`` (every call made through here is idempotent); other errors raise."""
+    give_up, delay = time.monotonic() + outage_seconds, 0.5
+    while True:
+        try:
+            return call()
+        except (AwsConnectionError, HTTPClientError):
+            if time.monotonic() + delay >= give_up:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class ArtifactWriter(Protocol):
@@ -84,22 +105,11 @@ class S3MultipartWriter:
         return extra
 
     def _call(self, what: str, method: Any, **kwargs: Any) -> Any:
-        # S3 unreachable (refused, reset, timed out) after botocore's own retries: an outage, ridden
-        # out for ``outage_seconds`` (each call is idempotent) rather than discarding the artifact.
-        give_up, delay = time.monotonic() + self.outage_seconds, 0.5
-        while True:
-            try:
-                return method(**kwargs)
-            except (AwsConnectionError, HTTPClientError) as exc:
-                if time.monotonic() + delay < give_up:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                error: Exception = exc
-            except (ClientError, BotoCoreError) as exc:
-                error = exc
+        try:
+            return _ride_out_outage(lambda: method(**kwargs), self.outage_seconds)
+        except (ClientError, BotoCoreError) as exc:
             self.abort()
-            raise EgressError(f"S3 {what} failed for s3://{self.bucket}/{self.key}: {error}") from error
+            raise EgressError(f"S3 {what} failed for s3://{self.bucket}/{self.key}: {exc}") from exc
 
     def write(self, data: bytes) -> None:
         # Fill the part buffer exactly to the part size and hand that very buffer to S3, so the
@@ -197,55 +207,102 @@ class FileSystemWriter:
         self._partial.unlink(missing_ok=True)
 
 
-class HttpStreamWriter:
-    """Streams the artifact, chunk by chunk, to an HTTP endpoint as it is produced.
+class S3ChunkPublisher:
+    """Publishes the artifact as it is produced, in small numbered S3 objects (``dnmon_core.chunks``)
+    that the streaming function relays to the client: at least every ``flush_seconds``, at most
+    ``chunk_bytes`` at a time. It writes nothing while nothing comes.
 
-    The local stack's gateway relays these chunks to the client that asked without an egress
-    provider, so the response streams exactly as dotnet-monitor's does (DESIGN.md's matrix).
+    A publisher that fails (S3 unreachable past ``outage_seconds``) stops publishing and says so
+    in ``broken``; the artifact itself goes on into its own writer, so only the live view is lost.
     """
 
-    def __init__(self, url: str, content_type: str, *, timeout: float = 30.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise EgressError(f"stream egress needs an http:// URL, got {url!r}")
-        self.url = url
-        self._size = 0
-        self._conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
-        try:
-            self._conn.putrequest("POST", parts.path or "/")
-            self._conn.putheader("Content-Type", content_type)
-            self._conn.putheader("Transfer-Encoding", "chunked")
-            self._conn.endheaders()
-        except OSError as exc:
-            self._conn.close()
-            raise EgressError(f"cannot stream to {url}: {exc}") from exc
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key_of: Callable[[int], str],
+        *,
+        content_type: str,
+        flush_seconds: float,
+        chunk_bytes: int,
+        outage_seconds: float = 0.0,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.key_of = key_of
+        self.content_type = content_type
+        self.chunk_bytes = chunk_bytes
+        self.outage_seconds = outage_seconds
+        self.count = 0
+        self.broken: str | None = None
+        self._buffer = bytearray()
+        self._lock = threading.Lock()  # the buffer
+        self._put_lock = threading.Lock()  # one PutObject at a time, in order
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._flush_every, args=(flush_seconds,), name="chunk-flusher", daemon=True
+        )
+        self._flusher.start()
 
     def write(self, data: bytes) -> None:
-        if not data:
+        if self.broken is not None:
             return
-        try:
-            self._conn.send(b"%X\r\n%s\r\n" % (len(data), data))
-        except OSError as exc:
-            self.abort()
-            raise EgressError(f"the stream to {self.url} broke (the client went away?): {exc}") from exc
-        self._size += len(data)
+        with self._lock:
+            self._buffer += data
+            full = len(self._buffer) >= self.chunk_bytes
+        if full:
+            self._flush()
+
+    def _flush_every(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._put_lock:
+            with self._lock:
+                data, self._buffer = bytes(self._buffer), bytearray()
+            if not data or self.broken is not None:
+                return
+            key = self.key_of(self.count)
+            try:
+                _ride_out_outage(
+                    lambda: self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=data, ContentType=self.content_type
+                    ),
+                    self.outage_seconds,
+                )
+            except (ClientError, BotoCoreError) as exc:
+                self.broken = f"publishing chunk {self.count} to s3://{self.bucket}/{key} failed: {exc}"
+                log.warning("%s; the live stream stops here, the artifact goes on", self.broken)
+                return
+            self.count += 1
+
+    def close(self) -> None:
+        """Publish what is left and stop the flusher."""
+        self._stop.set()
+        self._flusher.join()
+        self._flush()
+
+
+class TeeWriter:
+    """The artifact into its writer, and the same bytes to the chunk publisher for the live view."""
+
+    def __init__(self, artifact: ArtifactWriter, chunks: S3ChunkPublisher) -> None:
+        self.artifact = artifact
+        self.chunks = chunks
+
+    def write(self, data: bytes) -> None:
+        self.artifact.write(data)
+        self.chunks.write(data)
 
     def complete(self) -> ArtifactLocation:
-        try:
-            self._conn.send(b"0\r\n\r\n")
-            response = self._conn.getresponse()
-            response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise EgressError(f"the stream to {self.url} did not complete: {exc}") from exc
-        finally:
-            self._conn.close()
-        if response.status >= 300:
-            raise EgressError(f"the stream to {self.url} was refused: HTTP {response.status}")
-        return ArtifactLocation("stream", self._size, path=self.url)
+        self.chunks.close()
+        location = self.artifact.complete()
+        return replace(location, chunks=self.chunks.count, chunks_broken=self.chunks.broken)
 
     def abort(self) -> None:
-        """Close without the last chunk: the receiver sees the stream break, not end."""
-        self._conn.close()
+        self.chunks.close()
+        self.artifact.abort()
 
 
 class MemoryWriter:

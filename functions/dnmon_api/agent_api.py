@@ -236,7 +236,7 @@ def claim(operation_id: str) -> Response[str]:
     svc = services()
     who = caller(svc)
     lease: Lease = _body(Lease)
-    record = svc.store.claim(_operation_id(operation_id), who.agent_id, lease.lease_seconds)
+    record = svc.store.claim(_operation_id(operation_id), who.agent_id, lease.lease_seconds, who.user_id)
     return _json({"claimed": record is not None})
 
 

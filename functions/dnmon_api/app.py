@@ -10,13 +10,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dnmon_core.store import InvalidToken
 
-from . import info, livemetrics, openapi, operations, processes, trace
+from . import info, openapi, operations, processes
 from .problems import install_handlers, validation_problem
 from .resolvers import RestResolver
 
 logger = Logger(service="dnmon")
 app = RestResolver()
-for group in (livemetrics, trace, processes, operations, info, openapi):
+# The capture routes (/livemetrics, /trace) stream: they are the StreamFunction's (streaming.py).
+for group in (processes, operations, info, openapi):
     app.include_router(group.router)
 
 

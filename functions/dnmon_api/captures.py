@@ -2,15 +2,14 @@
 
 validate query + body → pick the agent and check the process it last reported → reserve a
 concurrency slot (429 when none) → write the operation → send the CaptureJob to the agent's queue →
-answer: 202 + Location with an egress provider; without one, wait (within the sync budget) and
-return the artifact inline when it is done and small enough, else 202 + Location (DESIGN.md).
+answer: 202 + Location with an egress provider, or when the capture cannot end within a streamed
+response; otherwise the artifact itself, which ``streaming.py`` relays as the agent publishes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pydantic
 from aws_lambda_powertools.event_handler import Response
 
-from dnmon_core.config import STREAM_HEADER, EgressProvider
+from dnmon_core.config import EgressProvider
 from dnmon_core.models import (
     EventMetricsConfiguration,
     EventProvidersConfiguration,
@@ -26,7 +25,6 @@ from dnmon_core.models import (
     validation_errors,
 )
 from dnmon_core.operations import (
-    ACTIVE_STATES,
     ARTIFACT_CONTENT_TYPES,
     ArtifactKind,
     CaptureJob,
@@ -44,7 +42,9 @@ from dnmon_core.store import AgentRecord, OperationRecord, StoreError, utcnow
 from .problems import Problem, rate_limited, validation_problem
 from .services import Services
 
-POLL_SECONDS = 0.5
+STREAM_MARKER = "X-Dnmon-Stream-Operation"
+"""How a capture route tells ``streaming.handler`` to relay this operation's artifact as the body
+(removed before the response leaves the function)."""
 
 
 def check_egress(query: CaptureQuery, services: Services) -> None:
@@ -172,12 +172,16 @@ def _on_agent(agent: AgentRecord, query: ProcessQuery) -> Target:
 # --- starting one ----------------------------------------------------------------------------
 
 
-def _egress_target(services: Services, query: CaptureQuery, operation_id: uuid.UUID) -> EgressTarget:
+def streams(services: Services, query: CaptureQuery) -> bool:
+    """Without an egress provider the response is the artifact, if the capture can end within a
+    streamed response (API Gateway's 15 minutes); else 202 + Location, the artifact kept."""
+    duration = query.duration_seconds
+    return query.egress_provider is None and 0 <= duration <= services.settings.stream_max_seconds
+
+
+def _egress_target(services: Services, query: CaptureQuery) -> EgressTarget:
     if query.egress_provider is None:
-        ingest = services.settings.stream_ingest_url
-        if ingest:  # the local stack: the artifact streams into the HTTP response
-            return EgressTarget(provider=None, kind="stream", url=f"{ingest.rstrip('/')}/{operation_id}")
-        return services.settings.default_egress()
+        return services.settings.default_egress(chunks=streams(services, query))
     provider: EgressProvider = services.settings.egress_providers[query.egress_provider]
     return provider.target()
 
@@ -223,7 +227,7 @@ def start_capture(
         duration_seconds=query.duration_seconds,
         configuration=configuration,
         trace_profile=trace_profile,
-        egress=_egress_target(services, query, operation_id),
+        egress=_egress_target(services, query),
         artifact_name="",
         counter_interval_seconds=services.settings.counter_interval_seconds,
         created=created,
@@ -249,58 +253,21 @@ def accepted(location: str) -> Response[str]:
 
 
 def respond(services: Services, record: OperationRecord, query: CaptureQuery, location: str) -> Response[Any]:
-    """202 with an egress provider; else the artifact itself: streamed by the local gateway,
-    or inline from S3 when it is done within the sync budget (AWS)."""
-    if query.egress_provider is not None:
+    """202 + Location, or (marked for ``streaming.handler``) the artifact itself as it comes."""
+    if not streams(services, query):
         return accepted(location)
-    if services.settings.stream_ingest_url:
-        headers = {
-            "Location": location,
-            "Content-Disposition": content_disposition(record),
-            STREAM_HEADER: str(record.operation_id),
-        }
-        return Response(200, ARTIFACT_CONTENT_TYPES[record.kind], "", headers=headers)
-    return finish_inline(services, record, query, location)
+    headers = {
+        "Location": location,
+        "Content-Disposition": content_disposition(record),
+        STREAM_MARKER: str(record.operation_id),
+    }
+    return Response(200, ARTIFACT_CONTENT_TYPES[record.kind], "", headers=headers)
 
 
 def content_disposition(record: OperationRecord) -> str:
     """As dotnet-monitor sends it, so ``curl -OJ`` keeps the artifact's own name."""
     pid = record.process.pid if record.process else 0
     return f'attachment; filename="{artifact_name(record.kind, pid, record.created)}"'
-
-
-def finish_inline(
-    services: Services,
-    record: OperationRecord,
-    query: CaptureQuery,
-    location: str,
-    clock: Any = time.monotonic,
-    sleep: Any = time.sleep,
-) -> Response[Any]:
-    """No egress provider: return the artifact itself if it is done in time and small enough."""
-    budget = services.settings.sync_budget_seconds
-    if query.duration_seconds == -1 or query.duration_seconds >= budget:
-        return accepted(location)  # cannot finish within one request
-    deadline = clock() + budget
-    current = record
-    while clock() < deadline:
-        sleep(POLL_SECONDS)
-        current = services.store.get(record.operation_id)
-        if current.status not in ACTIVE_STATES:
-            break
-    if current.status == OperationState.FAILED:
-        message = current.error.message if current.error else "the capture failed"
-        raise Problem(400, message)
-    if current.status != OperationState.SUCCEEDED or not current.artifact:
-        return accepted(location)
-    artifact = current.artifact
-    if artifact.get("kind") != "s3" or int(artifact.get("size", 0)) > services.settings.inline_limit_bytes:
-        return accepted(location)
-    body = services.s3.get_object(Bucket=artifact["bucket"], Key=artifact["key"])["Body"].read()
-    content_type = ARTIFACT_CONTENT_TYPES[record.kind]
-    payload: Any = body if record.kind == ArtifactKind.TRACE else body.decode("utf-8")
-    headers = {"Location": location, "Content-Disposition": content_disposition(record)}
-    return Response(200, content_type, payload, headers=headers)
 
 
 def location_of(base_url: str, operation_id: uuid.UUID) -> str:

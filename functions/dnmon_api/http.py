@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from typing import Protocol, TypeVar
 from urllib.parse import urlencode
 
@@ -23,14 +24,17 @@ class HasEvent(Protocol):
 
 
 def base_url(app: HasEvent) -> str:
-    """``<scheme>://<host>[/<stage>]``: the absolute prefix for Location headers."""
+    """The absolute prefix for Location headers: ``DNMON_PUBLIC_URL`` (a custom domain), else the
+    domain and stage API Gateway itself reports. Never the request's Host or X-Forwarded-* headers,
+    which the client writes."""
+    configured = os.environ.get("DNMON_PUBLIC_URL", "").rstrip("/")
+    if configured:
+        return configured
     event = app.current_event
-    headers = {k.lower(): v for k, v in (event.headers or {}).items()}
-    host = headers.get("host") or event.request_context.domain_name or "localhost"
-    scheme = headers.get("x-forwarded-proto", "https")
+    domain = event.request_context.domain_name or "localhost"
     full_path = event.request_context.path or event.path
     prefix = full_path[: -len(event.path)] if event.path and full_path.endswith(event.path) else ""
-    return f"{scheme}://{host}{prefix.rstrip('/')}"
+    return f"https://{domain}{prefix.rstrip('/')}"
 
 
 def query(app: HasEvent) -> dict[str, str]:

@@ -47,9 +47,10 @@ def _load(svc: Services, operation_id: uuid.UUID) -> OperationRecord:
 
 
 def _status(record: OperationRecord, base: str) -> OperationStatus:
-    """The public status; an egressed artifact is reached through our artifact route."""
+    """The public status; an egressed artifact (a failed capture's partial one too) is reached
+    through our artifact route."""
     status = record.to_status()
-    if record.artifact and record.status == OperationState.SUCCEEDED:
+    if record.artifact:
         status.resource_location = f"{base}/operations/{record.operation_id}/artifact"
     return status
 
@@ -97,17 +98,20 @@ def delete_operation(operation_id: str) -> Response[str]:
     op_id = _operation_id(operation_id)
     stop = bind(router, StopQuery).stop
     record = _load(svc, op_id)
+    if stop and not record.to_status().is_stoppable:
+        raise Problem(400, f"Operation {op_id} cannot be stopped gracefully (it is {record.status}).")
     try:
-        if stop:
-            if not record.to_status().is_stoppable:
-                raise Problem(400, f"Operation {op_id} cannot be stopped gracefully (it is {record.status}).")
-            svc.store.transition(op_id, OperationState.STOPPING)
-        else:
-            svc.store.transition(op_id, OperationState.CANCELLED)
+        end_operation(svc, record, stop=stop)
     except TransitionRejected as exc:
         raise Problem(400, f"Operation {op_id} is {exc.current}: it is no longer running.") from None
-    _tell_agent(svc, record, ControlAction.STOP if stop else ControlAction.CANCEL)
     return Response(202 if stop else 200, None, "")
+
+
+def end_operation(svc: Services, record: OperationRecord, *, stop: bool) -> None:
+    """Stop (gracefully: the artifact is completed and kept) or cancel; ``TransitionRejected`` if
+    the operation has already ended. Also what a streamed response does when its client leaves."""
+    svc.store.transition(record.operation_id, OperationState.STOPPING if stop else OperationState.CANCELLED)
+    _tell_agent(svc, record, ControlAction.STOP if stop else ControlAction.CANCEL)
 
 
 def _tell_agent(svc: Services, record: OperationRecord, action: ControlAction) -> None:
@@ -145,6 +149,8 @@ def get_artifact(operation_id: str) -> Response[str]:
         "url": url,
         "expiresInSeconds": int(expiry.total_seconds()),
         "size": artifact.get("size"),
+        # What the runtime sent before the capture failed (the operation's error says why).
+        "partial": bool(artifact.get("partial")),
         "bucket": artifact["bucket"],
         "key": artifact["key"],
     }

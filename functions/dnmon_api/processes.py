@@ -85,7 +85,7 @@ def get_environment() -> Response[str]:
         request_id=uuid.uuid4(),
         process=ProcessSelector(pid=process.pid, uid=None if process.uid.int == 0 else process.uid),
     )
-    wait = min(ENV_WAIT_SECONDS, svc.settings.sync_budget_seconds)
+    wait = ENV_WAIT_SECONDS
     svc.replies.expect(request.request_id, agent.agent_id)
     svc.send(agent.queue_url, MessageType.ENVIRONMENT, agent.agent_id, request.model_dump(mode="json"), wait)
     deadline = time.monotonic() + wait

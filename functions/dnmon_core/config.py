@@ -9,13 +9,13 @@ Control plane (API and schedule functions, the local stack):
 | ``DNMON_SIGNING_KEY`` | KMS key (id, ARN or alias) that signs jobs and control messages | required |
 | ``DNMON_TRACE_LIMIT`` / ``DNMON_LIVEMETRICS_LIMIT`` | concurrent operations per kind, per host | 3 / 3 |
 | ``DNMON_FLEET_TRACE_LIMIT`` / ``DNMON_FLEET_LIVEMETRICS_LIMIT`` | optional cap across the fleet | unset |
-| ``DNMON_SYNC_BUDGET_SECONDS`` | how long a request without ``egressProvider`` waits for the artifact | 25 |
-| ``DNMON_INLINE_LIMIT_BYTES`` | largest artifact returned in the response body | 4194304 |
+| ``DNMON_STREAM_MAX_SECONDS`` | longest ``durationSeconds`` streamed in the response (else 202) | 840 |
+| ``DNMON_STREAM_POLL_SECONDS`` | how often a streamed response looks for the next chunk | 0.25 |
+| ``DNMON_PUBLIC_URL`` | the API's base URL for ``Location`` (else the gateway's domain and stage) | unset |
 | ``DNMON_EGRESS_PROVIDERS`` | named egress providers, JSON (below) | ``{}`` |
 | ``DNMON_AGENT_MAX_SILENCE_SECONDS`` | an agent silent for longer is not alive (3 liveness periods) | 1800 |
 | ``DNMON_CLAIM_SECONDS`` | how long a job may wait for its agent's claim before it fails | 60 |
 | ``DNMON_COUNTER_INTERVAL_SECONDS`` | live-metrics interval (``GlobalCounter:IntervalSeconds``) | 5 |
-| ``DNMON_STREAM_INGEST_URL`` | local stack only: where artifacts without egress stream | unset |
 | ``DNMON_AGENT_QUEUE_PREFIX`` | agent queues are ``<prefix><agent id>`` | ``dnmon-agent-`` |
 | ``DNMON_DEAD_LETTER_ARN`` | redrive target of every agent queue | unset |
 | ``DNMON_AGENT_RETIRE_SECONDS`` | the janitor removes agents (and queues) silent for longer | 86400 |
@@ -37,10 +37,7 @@ from datetime import timedelta
 
 from .operations import ArtifactKind, EgressTarget
 
-INLINE_LIMIT = 4 << 20  # a buffered Lambda response is 6 MB after base64 (aws-facts.md)
-STREAM_HEADER = "X-Dnmon-Stream-Operation"
-"""Response header by which the API function tells the local gateway: stream this operation's
-artifact as the body (Lambda's Python runtime cannot stream; the local gateway can)."""
+STREAM_MAX_SECONDS = 840.0  # API Gateway streams for 15 minutes; leave room for start and rundown
 
 
 class ConfigurationError(ValueError):
@@ -126,14 +123,14 @@ class ServiceSettings:
     table: str
     bucket: str
     limits: Mapping[ArtifactKind, int]
-    sync_budget_seconds: float = 25.0
-    inline_limit_bytes: int = INLINE_LIMIT
+    stream_max_seconds: float = STREAM_MAX_SECONDS
+    stream_poll_seconds: float = 0.25
+    public_url: str | None = None
     egress_providers: Mapping[str, EgressProvider] = field(default_factory=dict)
     agent_max_silence_seconds: float = 1800.0
     claim_seconds: float = 60.0
     counter_interval_seconds: float = 5.0
     presign_expiry: timedelta = timedelta(minutes=15)
-    stream_ingest_url: str | None = None
     signing_key: str = ""
     fleet_limits: Mapping[ArtifactKind, int] = field(default_factory=dict)
     agent_queue_prefix: str = "dnmon-agent-"
@@ -156,13 +153,13 @@ class ServiceSettings:
                     ArtifactKind.TRACE: int(env.get("DNMON_TRACE_LIMIT", "3")),
                     ArtifactKind.LIVEMETRICS: int(env.get("DNMON_LIVEMETRICS_LIMIT", "3")),
                 },
-                sync_budget_seconds=float(env.get("DNMON_SYNC_BUDGET_SECONDS", "25")),
-                inline_limit_bytes=int(env.get("DNMON_INLINE_LIMIT_BYTES", str(INLINE_LIMIT))),
+                stream_max_seconds=float(env.get("DNMON_STREAM_MAX_SECONDS", str(STREAM_MAX_SECONDS))),
+                stream_poll_seconds=float(env.get("DNMON_STREAM_POLL_SECONDS", "0.25")),
+                public_url=(env.get("DNMON_PUBLIC_URL") or "").rstrip("/") or None,
                 egress_providers=parse_egress_providers(env.get("DNMON_EGRESS_PROVIDERS")),
                 agent_max_silence_seconds=float(env.get("DNMON_AGENT_MAX_SILENCE_SECONDS", "1800")),
                 claim_seconds=float(env.get("DNMON_CLAIM_SECONDS", "60")),
                 counter_interval_seconds=float(env.get("DNMON_COUNTER_INTERVAL_SECONDS", "5")),
-                stream_ingest_url=env.get("DNMON_STREAM_INGEST_URL") or None,
                 signing_key=env.get("DNMON_SIGNING_KEY", ""),
                 agent_queue_prefix=env.get("DNMON_AGENT_QUEUE_PREFIX", "dnmon-agent-"),
                 dead_letter_arn=env.get("DNMON_DEAD_LETTER_ARN") or None,
@@ -182,9 +179,10 @@ class ServiceSettings:
                 raise
             raise ConfigurationError(f"invalid dnmon setting: {exc}") from exc
 
-    def default_egress(self) -> EgressTarget:
-        """Where an artifact goes when the request named no egress provider (the HTTP response)."""
-        return EgressTarget(provider=None, kind="s3", bucket=self.bucket, key="artifacts/")
+    def default_egress(self, *, chunks: bool = False) -> EgressTarget:
+        """Where an artifact goes when the request named no egress provider: kept in the bucket,
+        and with ``chunks`` also published as it is produced, for the streamed response."""
+        return EgressTarget(provider=None, kind="s3", bucket=self.bucket, key="artifacts/", chunks=chunks)
 
 
 @dataclass

@@ -140,12 +140,12 @@ class EgressTarget(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     provider: str | None = None  # the user's egressProvider name; None = the HTTP response
-    kind: str = "s3"  # "s3" | "filesystem" | "stream" (the local stack's streamed response)
+    kind: str = "s3"  # "s3" | "filesystem"
     bucket: str | None = None
     key: str | None = None
     directory: str | None = None
     kms_key_id: str | None = None
-    url: str | None = None
+    chunks: bool = False  # also publish it as it comes, for a streamed response (dnmon_core.chunks)
 
 
 class ProcessSelector(BaseModel):

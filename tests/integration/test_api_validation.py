@@ -10,10 +10,9 @@ from typing import Any
 import boto3
 import pytest
 
-from dnmon_api import app as api
 from dnmon_core.models import ProcessInfo
 from dnmon_core.store import AgentRegistry
-from tests.apigw import FakeContext, header, rest_event
+from tests.apigw import header, invoke
 from tests.conftest import AwsStack
 
 TRACE_BODY = {"Providers": [{"Name": "Microsoft-Windows-DotNETRuntime"}]}
@@ -21,7 +20,7 @@ UID = "cd4da319-fa9e-4987-ac4e-e57b2aac248b"
 
 
 def call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    return api.handler(rest_event(method, path, **kwargs), FakeContext())  # type: ignore[arg-type]
+    return invoke(method, path, **kwargs)
 
 
 def problem(response: dict[str, Any], status: int = 400) -> dict[str, Any]:

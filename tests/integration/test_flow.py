@@ -17,9 +17,8 @@ import boto3
 import pytest
 
 from dnmon_agent.diagnostics.events import EndOfStream
-from dnmon_api import app as api
 from dnmon_core.models import iter_json_seq
-from tests.apigw import FakeContext, body_bytes, header, rest_event
+from tests.apigw import FakeContext, body_bytes, header, invoke
 from tests.conftest import AwsStack, StartTarget
 from tests.traces import assert_cpu_trace, decode
 
@@ -44,7 +43,7 @@ GC_BODY = {
 
 
 def call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    return api.handler(rest_event(method, path, **kwargs), FakeContext())  # type: ignore[arg-type]
+    return invoke(method, path, **kwargs)
 
 
 def operation_path(response: dict[str, Any]) -> str:

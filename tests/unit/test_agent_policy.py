@@ -4,6 +4,7 @@ and every attack from the threat model (README, "Security")."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,8 @@ def _needs(host: Host) -> list[tuple[str, str, dict[str, str]]]:
             {},
         ),
         ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/egress/{host.user_id}/{ARTIFACT}", {}),
+        # The chunks of a streamed response (dnmon_core.chunks).
+        ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/streams/{host.user_id}/{uuid.UUID(int=7)}/00000000", {}),
         ("s3:AbortMultipartUpload", f"arn:aws:s3:::{BUCKET}/artifacts/{host.user_id}/x.nettrace", {}),
     ]
 
@@ -98,6 +101,9 @@ def _attacks(host: Host, other: Host) -> list[tuple[str, str, dict[str, str], st
         ("dynamodb:Query", f"{TABLE}/index/gsi1", {}, IMPLICIT_DENY),
         ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/artifacts/{other.user_id}/x.nettrace", {}, IMPLICIT_DENY),
         ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/egress/{other.user_id}/x.nettrace", {}, IMPLICIT_DENY),
+        # Another host's stream cannot be written into (or read).
+        ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/streams/{other.user_id}/x/00000000", {}, IMPLICIT_DENY),
+        ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/streams/{host.user_id}/x/00000000", {}, IMPLICIT_DENY),
         ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/elsewhere/x", {}, IMPLICIT_DENY),
         ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/artifacts/{other.user_id}/x.nettrace", {}, IMPLICIT_DENY),
         ("s3:GetObject", f"arn:aws:s3:::{BUCKET}/artifacts/{host.user_id}/x.nettrace", {}, IMPLICIT_DENY),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -246,7 +247,7 @@ def test_parameters(sam: dict[str, Any]) -> None:
         "AuthSubject": None,
         "AuthPublicKey": None,
         "AuthIssuer": "https://github.com/dotnet/dotnet-monitor/generatekey+MonitorApiKey",
-        "SyncBudgetSeconds": 25,
+        "StreamMaxSeconds": 840,
         "AgentQueuePrefix": "dnmon-agent-",
     }
     assert parameters["AuthPublicKey"]["NoEcho"] is True
@@ -280,7 +281,7 @@ def test_globals(sam: dict[str, Any]) -> None:
     assert variables["DNMON_BUCKET"] == {"Ref": "ArtifactBucket"}
     assert variables["DNMON_TRACE_LIMIT"] == {"Ref": "TraceLimit"}
     assert variables["DNMON_LIVEMETRICS_LIMIT"] == {"Ref": "LiveMetricsLimit"}
-    assert variables["DNMON_SYNC_BUDGET_SECONDS"] == {"Ref": "SyncBudgetSeconds"}
+    assert variables["DNMON_STREAM_MAX_SECONDS"] == {"Ref": "StreamMaxSeconds"}
     assert variables["DNMON_AGENT_QUEUE_PREFIX"] == {"Ref": "AgentQueuePrefix"}
     assert variables["DNMON_SIGNING_KEY"] == {"Fn::GetAtt": ["SigningKey", "Arn"]}
     assert variables["DNMON_FLEET_TRACE_LIMIT"] == {"Ref": "FleetTraceLimit"}
@@ -291,7 +292,7 @@ def test_the_environment_configures_the_service(sam: dict[str, Any]) -> None:
     settings = ServiceSettings.from_env(_environment(sam, "ApiFunction"))
     assert settings.table == "res-Table"
     assert settings.bucket == "res-ArtifactBucket"
-    assert settings.sync_budget_seconds == 25
+    assert settings.stream_max_seconds == 840
     assert set(settings.limits.values()) == {3}
     assert settings.fleet_limits == {}  # no fleet cap unless one is configured
     assert settings.egress_providers["s3"].bucket == "res-ArtifactBucket"
@@ -312,15 +313,40 @@ def test_only_the_authorizer_holds_the_api_key_configuration(sam: dict[str, Any]
 # --- API --------------------------------------------------------------------------------------
 
 
-def test_api_is_rest_with_binary_media_types(sam: dict[str, Any], transformed: dict[str, Any]) -> None:
+def test_api_is_rest_and_the_capture_routes_stream(sam: dict[str, Any], transformed: dict[str, Any]) -> None:
+    """The four capture routes go to StreamFunction through InvokeWithResponseStream; nothing is
+    base64-encoded any more, so the API declares no binary media types (docs/streaming.md)."""
     api = sam["Resources"]["Api"]
     assert api["Type"] == "AWS::Serverless::Api"
     assert api["Properties"]["StageName"] == {"Ref": "StageName"}
     body = _rest_api_body(transformed)
-    assert body["x-amazon-apigateway-binary-media-types"] == [
-        "application/octet-stream",
-        "application/json-seq",
-    ]
+    assert "x-amazon-apigateway-binary-media-types" not in body
+    streamed = {
+        (verb, path)
+        for verb, path, operation in _operations(body)
+        if operation["x-amazon-apigateway-integration"].get("responseTransferMode") == "STREAM"
+    }
+    assert streamed == {
+        ("GET", "/livemetrics"),
+        ("POST", "/livemetrics"),
+        ("GET", "/trace"),
+        ("POST", "/trace"),
+    }
+    for verb, path in streamed:
+        integration = body["paths"][path][verb.lower()]["x-amazon-apigateway-integration"]
+        uri = json.dumps(integration["uri"])
+        assert "2021-11-15/functions/${StreamFunction.Arn}/response-streaming-invocations" in uri
+        assert integration["type"] == "aws_proxy" and integration["httpMethod"] == "POST"
+        assert integration["timeoutInMillis"] == 900000
+    stream = _functions(sam)["StreamFunction"]["Properties"]
+    assert stream["Timeout"] == 900
+    wrapper = stream["Environment"]["Variables"]["AWS_LAMBDA_EXEC_WRAPPER"]
+    assert wrapper == "/var/task/dnmon_api/stream_bootstrap"
+    script = ROOT / "functions" / wrapper.removeprefix("/var/task/")
+    assert os.access(script, os.X_OK), "Lambda runs the wrapper only if it is executable"
+    permission = sam["Resources"]["StreamInvokePermission"]["Properties"]
+    assert permission["Principal"] == "apigateway.amazonaws.com"
+    assert permission["FunctionName"] == {"Fn::GetAtt": ["StreamFunction", "Arn"]}
 
 
 def _operations(body: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -511,8 +537,8 @@ def test_function_roles_are_least_privilege(transformed: dict[str, Any]) -> None
     authorizer = resources["AuthorizerFunctionRole"]["Properties"]
     assert authorizer["ManagedPolicyArns"] == [basic]
     assert "Policies" not in authorizer
-    # The API and the schedule function: logs plus the one control-plane policy.
-    for role in ("ApiFunctionRole", "ScheduleFunctionRole"):
+    # The API, streaming and schedule functions: logs plus the one control-plane policy.
+    for role in ("ApiFunctionRole", "StreamFunctionRole", "ScheduleFunctionRole"):
         properties = resources[role]["Properties"]
         assert properties["ManagedPolicyArns"] == [basic, {"Ref": "ControlPlanePolicy"}], role
         assert "Policies" not in properties, role
@@ -524,6 +550,8 @@ def test_function_roles_are_least_privilege(transformed: dict[str, Any]) -> None
             by_service.setdefault(action.split(":")[0], set()).add(action)
     assert set(by_service) == {"dynamodb", "s3", "sqs", "kms"}
     assert by_service["kms"] == {"kms:Sign"}
-    assert by_service["s3"] == {"s3:GetObject", "s3:PutObject"}
+    assert by_service["s3"] == {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
+    (listing,) = [s for s in statements if s["Action"] == "s3:ListBucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "streams/*"}}  # 404 for a chunk to come
     assert by_service["sqs"] == {"sqs:SendMessage", "sqs:GetQueueUrl"}
     assert "${AgentQueuePrefix}*" in json.dumps(statements)

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from dnmon_core.config import STREAM_HEADER
+STREAM_HEADER = "X-Dnmon-Stream-Operation"  # replaced by the uvicorn gateway (branch edge)
 
 from .template import ApiDefinition
 

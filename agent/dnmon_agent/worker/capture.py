@@ -10,7 +10,6 @@ lease and frees them when the operation ends.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -18,8 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from dnmon_core.chunks import CHUNK_BYTES, LIVEMETRICS_FLUSH_SECONDS, TRACE_FLUSH_SECONDS, chunk_key
 from dnmon_core.config import AgentSettings
 from dnmon_core.models import EventMetricsConfiguration, EventProvidersConfiguration
 from dnmon_core.operations import (
@@ -42,8 +41,9 @@ from ..egress import (
     ArtifactWriter,
     EgressError,
     FileSystemWriter,
-    HttpStreamWriter,
+    S3ChunkPublisher,
     S3MultipartWriter,
+    TeeWriter,
 )
 from ..pipelines.counters import CountersPipeline
 from ..pipelines.runner import CaptureCancelled, CaptureError, StopControl, run_live_metrics, run_trace
@@ -147,10 +147,21 @@ class Capture:
             writer.abort()
             self._finish(OperationState.CANCELLED, process=process)
         except CaptureError as exc:
-            # Keep what the runtime sent before it went away: the partial artifact is evidence.
+            # Keep what the runtime sent before it went away: the partial artifact is evidence,
+            # recorded on the operation (marked partial) and served by its artifact route.
             partial = _complete_quietly(writer)
-            suffix = f" (partial artifact: {describe(partial)})" if partial else ""
-            self._fail(process, exc.code, str(exc) + suffix)
+            if partial is None:
+                self._fail(process, exc.code, str(exc))
+            else:
+                self._finish(
+                    OperationState.FAILED,
+                    process=process,
+                    error=OperationError(
+                        code=exc.code, message=f"{exc} (partial artifact: {describe(partial)})"
+                    ),
+                    resource_location=describe(partial),
+                    artifact={**partial.to_dict(), "partial": True},
+                )
         except EgressError as exc:
             self._fail(process, "EgressFailed", str(exc))
         except (DiagnosticsError, ValueError) as exc:  # ValueError: a job this agent cannot read
@@ -186,23 +197,38 @@ class Capture:
         """Only where the signed job says, and only into places this host allows."""
         egress = self.job.egress
         settings = self.context.settings
-        if egress.kind == "stream":
-            return HttpStreamWriter(_loopback_url(egress.url), ARTIFACT_CONTENT_TYPES[self.job.kind])
         if egress.kind == "filesystem":
             return FileSystemWriter(self._allowed_directory(egress.directory), name)
         if egress.kind != "s3":
             raise EgressError(f"unknown egress kind {egress.kind!r}")
         # Every artifact lands under this agent's own prefix: its IAM policy allows no other.
         prefix = egress.key if egress.key is not None else settings.artifact_prefix
-        return S3MultipartWriter(
+        bucket = egress.bucket or settings.bucket
+        content_type = ARTIFACT_CONTENT_TYPES[self.job.kind]
+        writer = S3MultipartWriter(
             self.context.s3(),
-            egress.bucket or settings.bucket,
+            bucket,
             f"{prefix}{self.context.artifact_owner}/{name}",
-            content_type=ARTIFACT_CONTENT_TYPES[self.job.kind],
+            content_type=content_type,
             part_size=settings.part_size,
             kms_key_id=egress.kms_key_id,
             outage_seconds=settings.lease_seconds,  # as the final write: an outage shorter than the lease
         )
+        if not egress.chunks:
+            return writer
+        owner, operation_id = self.context.artifact_owner, self.job.operation_id
+        chunks = S3ChunkPublisher(
+            self.context.s3(),
+            bucket,
+            lambda sequence: chunk_key(owner, operation_id, sequence),
+            content_type=content_type,
+            flush_seconds=TRACE_FLUSH_SECONDS
+            if self.job.kind == ArtifactKind.TRACE
+            else LIVEMETRICS_FLUSH_SECONDS,
+            chunk_bytes=CHUNK_BYTES,
+            outage_seconds=min(settings.lease_seconds, 10.0),  # a live view that late is no longer live
+        )
+        return TeeWriter(writer, chunks)
 
     def _allowed_directory(self, directory: str | None) -> Path:
         if not directory:
@@ -273,18 +299,6 @@ def _retrying(write: Callable[[], None], deadline: float, clock: Callable[[], fl
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
-def _loopback_url(url: str | None) -> str:
-    """The local stack's stream egress; never a URL off this host."""
-    host = urlsplit(url or "").hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not url or not loopback:
-        raise EgressError(f"stream egress must stay on this host (loopback), not {url!r}")
-    return url
-
-
 def _complete_quietly(writer: ArtifactWriter) -> ArtifactLocation | None:
     try:
         return writer.complete()
@@ -295,8 +309,6 @@ def _complete_quietly(writer: ArtifactWriter) -> ArtifactLocation | None:
 def describe(location: ArtifactLocation) -> str:
     if location.kind == "s3":
         return f"s3://{location.bucket}/{location.key}"
-    if location.kind == "stream":
-        return str(location.path)
     return f"file://{location.path}"
 
 

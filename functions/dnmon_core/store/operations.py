@@ -57,6 +57,7 @@ class OperationRecord:
     artifact: dict[str, Any] | None = None
     stop_requested: bool = False
     slots: list[str] = field(default_factory=list)  # keys of the slot items it holds
+    owner: str | None = None  # the claiming agent's aws:userid: where its chunks are (dnmon_core.chunks)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_status(self) -> OperationStatus:
@@ -94,6 +95,7 @@ class OperationRecord:
             artifact=data.get("artifact"),
             stop_requested=bool(data.get("stopRequested", False)),
             slots=list(data.get("slots") or []),
+            owner=data.get("owner"),
             extra=data.get("extra") or {},
         )
 
@@ -335,20 +337,24 @@ class OperationStore:
             ) from exc
         return OperationRecord.from_item(response["Attributes"])
 
-    def claim(self, operation_id: uuid.UUID, agent_id: str, lease_seconds: float) -> OperationRecord | None:
-        """The agent's idempotent claim: only the first delivery of a job to its own agent starts it."""
+    def claim(
+        self, operation_id: uuid.UUID, agent_id: str, lease_seconds: float, owner: str = ""
+    ) -> OperationRecord | None:
+        """The agent's idempotent claim: only the first delivery of a job to its own agent starts it.
+        ``owner`` (the caller's verified aws:userid) says under which prefix its chunks are."""
         now = self.clock()
         try:
             with map_aws_errors("claiming the operation"):
                 response = self.table.update_item(
                     Key=_key(operation_id),
-                    UpdateExpression="SET claimedBy = :agent, leaseUntil = :until",
+                    UpdateExpression="SET claimedBy = :agent, leaseUntil = :until, #owner = :owner",
                     ConditionExpression="attribute_exists(pk) AND attribute_not_exists(claimedBy) "
                     "AND agentId = :agent AND #status IN (:starting, :stopping) AND leaseUntil >= :now",
-                    ExpressionAttributeNames={"#status": "status"},
+                    ExpressionAttributeNames={"#status": "status", "#owner": "owner"},
                     ExpressionAttributeValues=dynamo(
                         {
                             ":agent": agent_id,
+                            ":owner": owner,
                             ":until": now + lease_seconds,
                             ":starting": str(OperationState.STARTING),
                             ":stopping": str(OperationState.STOPPING),
