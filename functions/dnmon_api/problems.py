@@ -76,6 +76,13 @@ def rate_limited() -> Problem:
     return Problem(429, "Rate limit reached.")
 
 
+def fault_problem(exc: StoreError | ConfigurationError) -> Problem:
+    """The problem an AWS fault (503) or a misconfiguration (500) is answered with."""
+    if isinstance(exc, StoreError):
+        return Problem(503, "dnmon's AWS services did not answer; try again.")
+    return Problem(500, f"dnmon is misconfigured: {exc}")
+
+
 def install_handlers(app: Any, logger: Logger, unknown_route: str) -> None:
     """The error rendering every resolver shares: a Problem as itself, every AWS fault (the store
     maps ClientError and BotoCoreError alike) a 503, a misconfiguration a 500, an unknown route
@@ -88,12 +95,12 @@ def install_handlers(app: Any, logger: Logger, unknown_route: str) -> None:
     @app.exception_handler(StoreError)
     def _store(exc: StoreError) -> Response[str]:
         logger.error("AWS failure", extra={"error": str(exc), "code": exc.code})
-        return Problem(503, "dnmon's AWS services did not answer; try again.").response()
+        return fault_problem(exc).response()
 
     @app.exception_handler(ConfigurationError)
     def _configuration(exc: ConfigurationError) -> Response[str]:
         logger.error("misconfigured", extra={"error": str(exc)})
-        return Problem(500, f"dnmon is misconfigured: {exc}").response()
+        return fault_problem(exc).response()
 
     @app.not_found
     def _not_found(exc: Exception) -> Response[str]:

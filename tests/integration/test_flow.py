@@ -320,5 +320,6 @@ def test_schedule_input_starts_the_same_capture(
     assert status["status"] == "Succeeded" and status["tags"] == ["nightly"]
     items = decode(download(aws_stack, status))  # a schedule always egresses to S3
     assert isinstance(items[-1], EndOfStream)
-    refused = schedule.handler({"route": "/dump", "query": {}}, FakeContext())  # type: ignore[arg-type]
-    assert refused["status"] == 400 and "route must be one of" in refused["problem"]["detail"]
+    with pytest.raises(schedule.ScheduledCaptureFailed) as refused:  # tests/integration/test_schedule.py
+        schedule.handler({"route": "/dump", "query": {}}, FakeContext())  # type: ignore[arg-type]
+    assert refused.value.problem["status"] == 400 and "route must be one of" in str(refused.value)

@@ -468,6 +468,8 @@ def test_dead_letter_queue_and_outputs(sam: dict[str, Any]) -> None:
         "DeadLetterQueueArn",
         "SigningKeyArn",
         "AgentApiUrl",
+        "ScheduleDeadLetterQueueUrl",
+        "ScheduleFunctionDeadLetterQueueUrl",
     }
     assert outputs["DeadLetterQueueArn"]["Value"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
     assert outputs["AgentHostPolicyArn"]["Value"] == {"Ref": "AgentHostPolicy"}
@@ -477,28 +479,88 @@ def test_dead_letter_queue_and_outputs(sam: dict[str, Any]) -> None:
 # --- schedule ----------------------------------------------------------------------------------
 
 
-def test_sample_schedule_is_disabled_and_starts_a_cpu_trace(
+def _sample_schedule(sam: dict[str, Any]) -> dict[str, Any]:
+    (event,) = _functions(sam)["ScheduleFunction"]["Properties"]["Events"].values()
+    schedule: dict[str, Any] = event
+    return schedule
+
+
+def _deployed_sample_schedule(transformed: dict[str, Any]) -> dict[str, Any]:
+    schedules = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Scheduler::Schedule"]
+    (schedule,) = [
+        s for s in schedules if s["Properties"]["Target"]["Arn"] != {"Fn::GetAtt": ["JanitorFunction", "Arn"]}
+    ]
+    return schedule
+
+
+def test_sample_schedule_is_a_disabled_nightly_30s_cpu_trace_of_a_named_host(
     sam: dict[str, Any], transformed: dict[str, Any]
 ) -> None:
-    events = _functions(sam)["ScheduleFunction"]["Properties"]["Events"]
-    (event,) = events.values()
+    event = _sample_schedule(sam)
     assert event["Type"] == "ScheduleV2"
     assert event["Properties"]["State"] == "DISABLED"
+    assert event["Properties"]["ScheduleExpression"] == "cron(0 3 * * ? *)"  # nightly
 
     payload = json.loads(event["Properties"]["Input"])
     assert payload["route"] == "/trace"
-    assert payload["query"] == {"name": "dotnet", "durationSeconds": "60", "egressProvider": "s3"}
+    assert payload["query"] == {
+        "host": "web-1",
+        "name": "dotnet",
+        "durationSeconds": "30",
+        "egressProvider": "s3",
+    }
     body = EventProvidersConfiguration.model_validate(payload["body"])
     assert body == profile_configuration(TraceProfile.Cpu)
     settings = ServiceSettings.from_env(_environment(sam, "ScheduleFunction"))
     assert payload["query"]["egressProvider"] in settings.egress_providers
 
-    schedules = [r for r in transformed["Resources"].values() if r["Type"] == "AWS::Scheduler::Schedule"]
-    (schedule,) = [
-        s for s in schedules if s["Properties"]["Target"]["Arn"] != {"Fn::GetAtt": ["JanitorFunction", "Arn"]}
-    ]
+    schedule = _deployed_sample_schedule(transformed)
     assert schedule["Properties"]["State"] == "DISABLED"
     assert schedule["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": ["ScheduleFunction", "Arn"]}
+    assert json.loads(schedule["Properties"]["Target"]["Input"]) == payload
+
+
+def _queue_arn(name: str) -> dict[str, Any]:
+    return {"Fn::GetAtt": [name, "Arn"]}
+
+
+def test_failed_scheduled_captures_are_dead_lettered(
+    sam: dict[str, Any], transformed: dict[str, Any]
+) -> None:
+    """Scheduler's own DLQ for events that never reached the function; the function's DLQ for
+    invocations that still failed (the handler raises) after Lambda's asynchronous retries."""
+    resources = transformed["Resources"]
+    for name in ("ScheduleDeadLetterQueue", "ScheduleFunctionDeadLetterQueue"):
+        queue = sam["Resources"][name]
+        assert queue["Type"] == "AWS::SQS::Queue", name
+        assert queue["Properties"]["MessageRetentionPeriod"] == 14 * 24 * 3600, name
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True, name
+        assert sam["Outputs"][f"{name}Url"]["Value"] == {"Ref": name}
+
+    # Scheduler: retries, then its DLQ, which the schedule's role may send to.
+    target = _deployed_sample_schedule(transformed)["Properties"]["Target"]
+    assert target["RetryPolicy"] == {"MaximumRetryAttempts": 2, "MaximumEventAgeInSeconds": 300}
+    assert target["DeadLetterConfig"] == {"Arn": _queue_arn("ScheduleDeadLetterQueue")}
+    scheduler_role = resources[target["RoleArn"]["Fn::GetAtt"][0]]["Properties"]
+    granted = [s for p in scheduler_role["Policies"] for s in _as_list(p["PolicyDocument"]["Statement"])]
+    assert {
+        "Action": "sqs:SendMessage",
+        "Effect": "Allow",
+        "Resource": _queue_arn("ScheduleDeadLetterQueue"),
+    } in granted
+
+    # Lambda: two retries within five minutes, then the function's DLQ.
+    function = resources["ScheduleFunction"]["Properties"]
+    assert function["DeadLetterConfig"] == {"TargetArn": _queue_arn("ScheduleFunctionDeadLetterQueue")}
+    (invoke_config,) = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Lambda::EventInvokeConfig"
+        and r["Properties"]["FunctionName"] == {"Ref": "ScheduleFunction"}
+    ]
+    assert invoke_config["MaximumRetryAttempts"] == 2
+    assert invoke_config["MaximumEventAgeInSeconds"] == 300
+    assert invoke_config["Qualifier"] == "$LATEST"  # what the schedule invokes: the unqualified ARN
 
 
 # --- least privilege ---------------------------------------------------------------------------
@@ -537,11 +599,21 @@ def test_function_roles_are_least_privilege(transformed: dict[str, Any]) -> None
     authorizer = resources["AuthorizerFunctionRole"]["Properties"]
     assert authorizer["ManagedPolicyArns"] == [basic]
     assert "Policies" not in authorizer
-    # The API, streaming and schedule functions: logs plus the one control-plane policy.
+    # The API, streaming and schedule functions: logs plus the one control-plane policy; the
+    # schedule function may also send to its dead-letter queue (SAM's policy for DeadLetterQueue).
     for role in ("ApiFunctionRole", "StreamFunctionRole", "ScheduleFunctionRole"):
         properties = resources[role]["Properties"]
         assert properties["ManagedPolicyArns"] == [basic, {"Ref": "ControlPlanePolicy"}], role
-        assert "Policies" not in properties, role
+    assert "Policies" not in resources["ApiFunctionRole"]["Properties"]
+    assert "Policies" not in resources["StreamFunctionRole"]["Properties"]
+    (dead_letter,) = resources["ScheduleFunctionRole"]["Properties"]["Policies"]
+    assert _statements({"Properties": dead_letter}) == [
+        {
+            "Action": "sqs:SendMessage",
+            "Effect": "Allow",
+            "Resource": _queue_arn("ScheduleFunctionDeadLetterQueue"),
+        }
+    ]
     statements = _statements(resources["ControlPlanePolicy"])
     _assert_no_wildcards(statements)
     by_service: dict[str, set[str]] = {}
