@@ -179,9 +179,9 @@ def streams(services: Services, query: CaptureQuery) -> bool:
     return query.egress_provider is None and 0 <= duration <= services.settings.stream_max_seconds
 
 
-def _egress_target(services: Services, query: CaptureQuery) -> EgressTarget:
+def _egress_target(services: Services, query: CaptureQuery, answered: bool) -> EgressTarget:
     if query.egress_provider is None:
-        return services.settings.default_egress(chunks=streams(services, query))
+        return services.settings.default_egress(chunks=answered and streams(services, query))
     provider: EgressProvider = services.settings.egress_providers[query.egress_provider]
     return provider.target()
 
@@ -192,8 +192,11 @@ def start_capture(
     query: CaptureQuery,
     configuration: dict[str, Any],
     trace_profile: str | None = None,
+    *,
+    answered: bool = True,
 ) -> OperationRecord:
-    """Resolve, reserve the host's slot, write the operation Starting, send the signed job."""
+    """Resolve, reserve the host's slot, write the operation Starting, send the signed job.
+    ``answered``: an HTTP response waits for the artifact (a schedule's does not: no chunks)."""
     target = resolve_target(services, query)
     agent, process = target.agent, target.process
     operation_id = uuid.uuid4()
@@ -227,7 +230,7 @@ def start_capture(
         duration_seconds=query.duration_seconds,
         configuration=configuration,
         trace_profile=trace_profile,
-        egress=_egress_target(services, query),
+        egress=_egress_target(services, query, answered),
         artifact_name="",
         counter_interval_seconds=services.settings.counter_interval_seconds,
         created=created,

@@ -59,7 +59,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         configuration = captures.parse_body(
             kind, body if isinstance(body, str) or body is None else json.dumps(body)
         )
-        record = captures.start_capture(svc, kind, query, configuration)
+        record = captures.start_capture(svc, kind, query, configuration, answered=False)
     except (Problem, StoreError, ConfigurationError) as exc:
         problem = (exc if isinstance(exc, Problem) else fault_problem(exc)).body()
         extra: dict[str, object] = {"problem": problem, "route": route, "query": event.get("query")}
