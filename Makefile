@@ -50,6 +50,7 @@ bench: venv tools
 	$(BIN)/python -m benchmarks.bench_fleet
 	$(BIN)/python -m benchmarks.bench_cost
 	$(BIN)/python -m benchmarks.bench_freshness
+	$(BIN)/python -m benchmarks.bench_streaming
 
 clean:
 	rm -rf $(VENV) .dnmon-cache .pytest_cache .mypy_cache .ruff_cache
