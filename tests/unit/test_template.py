@@ -624,6 +624,6 @@ def test_function_roles_are_least_privilege(transformed: dict[str, Any]) -> None
     assert by_service["kms"] == {"kms:Sign"}
     assert by_service["s3"] == {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}
     (listing,) = [s for s in statements if s["Action"] == "s3:ListBucket"]
-    assert listing["Condition"] == {"StringLike": {"s3:prefix": "streams/*"}}  # 404 for a chunk to come
+    assert listing["Resource"] == {"Fn::GetAtt": ["ArtifactBucket", "Arn"]}  # 404 for a chunk to come
     assert by_service["sqs"] == {"sqs:SendMessage", "sqs:GetQueueUrl"}
     assert "${AgentQueuePrefix}*" in json.dumps(statements)
