@@ -256,4 +256,8 @@ def main(api: str | None = None, handler_name: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as ``python -m``, this file is ``__main__``; the handler imports ``dnmon_api.runtime``.
+    # One module, so that the ClientGone the stream raises is the one the handler catches.
+    from dnmon_api.runtime import main as run
+
+    run()
