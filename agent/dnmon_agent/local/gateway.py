@@ -21,6 +21,7 @@ import base64
 import importlib
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -456,31 +457,62 @@ def _is_text(content_type: str) -> bool:
 # --- the server ------------------------------------------------------------------------------------
 
 
-def _head_deadline_protocol(read_timeout: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, plus a deadline for each request head.
+_FOLDED = re.compile(rb"\n[ \t]")  # a header line that continues the previous one (obs-fold)
+MAX_HEAD_BYTES = 64 * 1024  # h11 refuses a head past 16 KiB itself
+
+
+def _raw_problem(status: int, reason: str, detail: str) -> bytes:
+    """A whole problem response with ``connection: close``, for answers before h11 has a request."""
+    body = _problem(status, reason, detail)
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/problem+json\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body)
+    )
+
+
+def _edge_protocol(read_timeout: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, plus a deadline for each request head and no folded headers.
 
     uvicorn arms no timer before a request head is complete (its keep-alive timer stops at the
     first byte), so a client that sends part of its headers and stalls would hold the connection
-    forever. This one answers 408 and closes after ``read_timeout``.
+    forever: this one answers 408 and closes after ``read_timeout``. h11 unfolds obs-fold lines
+    into spaces, which RFC 9112 allows; refusing them with 400 is the other choice it allows, and
+    the one that keeps a folded Host from meaning two things to two parsers.
     """
 
-    class HeadDeadlineProtocol(H11Protocol):
+    class EdgeProtocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _head: bytearray | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
 
         def data_received(self, data: bytes) -> None:
-            if self._head_timer is None and self.conn.their_state is h11.IDLE:
-                self._arm()  # the first byte of the next request on a kept-alive connection
+            if self.conn.their_state is h11.IDLE:
+                if self._head_timer is None:
+                    self._arm()  # the first byte of the next request on a kept-alive connection
+                if self._folded(data):
+                    self._refuse(400, "Bad Request", "Folded (obs-fold) header lines are not accepted.")
+                    return
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:
                 self._disarm()
+                self._head = None
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+
+        def _folded(self, data: bytes) -> bool:
+            """Whether the head received so far folds a header line."""
+            if self._head is None:
+                self._head = bytearray()
+            if len(self._head) < MAX_HEAD_BYTES:
+                self._head += data[: MAX_HEAD_BYTES - len(self._head)]
+            ends = [i for i in (self._head.find(b"\r\n\r\n"), self._head.find(b"\n\n")) if i >= 0]
+            head = self._head[: min(ends)] if ends else self._head
+            return _FOLDED.search(head) is not None
 
         def _arm(self) -> None:
             self._disarm()
@@ -493,16 +525,16 @@ def _head_deadline_protocol(read_timeout: float) -> type[H11Protocol]:
 
         def _head_timed_out(self) -> None:
             self._head_timer = None
-            if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
-                return
-            body = _problem(408, "Request Timeout", "The request head did not arrive in time.")
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-            )
-            self.transport.close()
+            if self.conn.their_state is h11.IDLE:
+                self._refuse(408, "Request Timeout", "The request head did not arrive in time.")
 
-    return HeadDeadlineProtocol
+        def _refuse(self, status: int, reason: str, detail: str) -> None:
+            self._disarm()
+            if not self.transport.is_closing():
+                self.transport.write(_raw_problem(status, reason, detail))
+                self.transport.close()
+
+    return EdgeProtocol
 
 
 class GatewayServer:
@@ -524,7 +556,7 @@ class GatewayServer:
         self.app = Gateway(api, functions, self.settings, self.settings.public_url or self.url)
         config = uvicorn.Config(
             self.app,
-            http=_head_deadline_protocol(self.settings.read_timeout),
+            http=_edge_protocol(self.settings.read_timeout),
             backlog=self.settings.backlog,
             timeout_keep_alive=self.settings.keep_alive_seconds,
             timeout_graceful_shutdown=2,
