@@ -7,6 +7,7 @@ for ``go-<n>`` files before each chunk, so the order of events is proven without
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import socket
@@ -20,7 +21,13 @@ import pytest
 
 from dnmon_agent.local import template
 from dnmon_agent.local.gateway import GatewayServer, GatewaySettings
-from dnmon_agent.local.runtime_api import LocalFunction
+from dnmon_agent.local.runtime_api import (
+    FunctionClosed,
+    InvocationFailed,
+    LocalFunction,
+    ResponseCut,
+    ResponseStarted,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_TEMPLATE = Path(__file__).parent / "local_fixture" / "template.yaml"
@@ -160,6 +167,12 @@ def test_auth_outcomes(gateway: GatewayServer) -> None:
     assert request(gateway, "GET", "/items/1", token="deny").status == 403
     not_found = request(gateway, "GET", "/nowhere")
     assert not_found.status == 404 and json.loads(not_found.read())["status"] == 404
+
+
+def test_a_handler_that_raises_is_a_502(gateway: GatewayServer) -> None:
+    response = request(gateway, "GET", "/crash")
+    assert response.status == 502
+    assert response.getheader("Content-Type") == "application/problem+json"
 
 
 def test_binary_response(gateway: GatewayServer) -> None:
@@ -308,3 +321,33 @@ def test_queued_invocations_wait_for_a_free_environment(api: template.ApiDefinit
         assert first.read() == b"chunk-0;"
         answer = second.getresponse()
         assert answer.status == 200 and answer.read() == b"chunk-0;"
+
+
+# --- the Runtime API alone ------------------------------------------------------------------------
+
+
+def test_a_function_that_cannot_initialise_fails_its_invocation(api: template.ApiDefinition) -> None:
+    broken = dataclasses.replace(api.function("StreamFunction"), handler="tests.unit.local_fixture.nowhere.f")
+    function = LocalFunction(broken, ROOT)
+    try:
+        failed = function.invoke(b"{}").next_event(timeout=60)
+    finally:
+        function.close()
+    assert isinstance(failed, InvocationFailed)
+    assert failed.error_type == "Runtime.InitError" and "nowhere" in failed.message
+
+
+def test_closing_a_function_fails_what_waits(api: template.ApiDefinition, tmp_path: Path) -> None:
+    function = LocalFunction(api.function("StreamFunction"), ROOT, max_environments=1)
+    event = json.dumps({"queryStringParameters": {"dir": str(tmp_path)}, "path": "/stream",
+                        "requestContext": {"domainName": "x", "path": "/stream"}}).encode()  # fmt: skip
+    running = function.invoke(event)
+    assert isinstance(running.next_event(timeout=60), ResponseStarted)
+    waiting = function.invoke(event)
+    function.close()
+    assert isinstance(running.next_event(timeout=60), ResponseCut)  # its environment was stopped
+    assert waiting.next_event(timeout=60) == InvocationFailed(
+        "Function.Closed", "the local function shut down"
+    )
+    with pytest.raises(FunctionClosed):
+        function.invoke(event)

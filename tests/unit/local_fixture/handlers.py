@@ -43,6 +43,10 @@ def location(event: dict[str, Any], context: Any) -> dict[str, Any]:
     }
 
 
+def crash(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    raise RuntimeError("the handler failed")
+
+
 def authorizer(event: dict[str, Any], context: Any) -> dict[str, Any]:
     token = next((v for k, v in event["headers"].items() if k.lower() == "authorization"), "")
     if token == "Bearer good":
