@@ -553,7 +553,11 @@ class GatewayServer:
         self._socket = socket.create_server((host, port), backlog=self.settings.backlog)  # OSError: taken
         self.port: int = self._socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self.app = Gateway(api, functions, self.settings, self.settings.public_url or self.url)
+        try:
+            self.app = Gateway(api, functions, self.settings, self.settings.public_url or self.url)
+        except BaseException:
+            self._socket.close()
+            raise
         config = uvicorn.Config(
             self.app,
             http=_edge_protocol(self.settings.read_timeout),

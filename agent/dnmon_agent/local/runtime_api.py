@@ -433,7 +433,9 @@ class LocalFunction:
             environment.state = _State.BUSY
             environment.invocation = invocation
             invocation.deadline = time.time() + invocation.timeout_seconds
-            timer = threading.Timer(invocation.timeout_seconds, self._expire, (environment, invocation))
+            timer = threading.Timer(
+                invocation.timeout_seconds, self._expire_logged, (environment, invocation)
+            )
             timer.daemon = True
             environment.timer = timer
             timer.start()
@@ -448,6 +450,12 @@ class LocalFunction:
             previous.finish(
                 InvocationFailed("Runtime.NoResponse", "the function returned without a response")
             )
+
+    def _expire_logged(self, environment: _Environment, invocation: Invocation) -> None:
+        try:
+            self._expire(environment, invocation)
+        except Exception:
+            log.exception("the deadline of invocation %s could not be enforced", invocation.request_id)
 
     def _expire(self, environment: _Environment, invocation: Invocation) -> None:
         """Past the function's Timeout: Lambda stops the environment, and the response is cut."""

@@ -34,7 +34,7 @@ from . import dotnet, template
 from .function_url import start_agent_api
 from .gateway import GatewayServer, GatewaySettings, wait_until_serving
 from .resources import create_signing_key
-from .runtime_api import LocalFunction
+from .runtime_api import LocalFunction, RuntimeApiError
 from .sigv4 import Identity
 
 log = logging.getLogger("dnmon.local")
@@ -204,11 +204,14 @@ class LocalStack:
         except template.TemplateError as exc:
             raise UpError(str(exc)) from exc
         functions: dict[str, LocalFunction] = {}
-        for function in api.streaming_functions():
-            local = LocalFunction(function, self.root / "functions")
-            self._cleanup.append(local.close)
-            local.start(warm=1)
-            functions[function.logical_id] = local
+        try:
+            for function in api.streaming_functions():
+                local = LocalFunction(function, self.root / "functions")
+                self._cleanup.append(local.close)
+                local.start(warm=1)
+                functions[function.logical_id] = local
+        except RuntimeApiError as exc:
+            raise UpError(f"cannot run the streaming functions: {exc}") from exc
         settings = GatewaySettings(public_url=self.url, auth_enabled=self.options.auth)
         try:
             gateway = GatewayServer(api, functions, port=self.options.port, settings=settings)
