@@ -297,7 +297,14 @@ class Gateway:
         method_arn = f"arn:aws:execute-api:local:000000000000:local/{resource}"
         request = {**event, "type": "REQUEST", "methodArn": method_arn}
         try:
-            policy = await self._in_thread(self.handler(name), request, LambdaContext(name))
+            authorizer = self.handler(name)
+        except Exception:  # API Gateway's AuthorizerConfigurationException
+            log.exception("the authorizer %s cannot be loaded", name)
+            raise _Rejected(
+                500, "Internal Server Error", "The authorizer is misconfigured.", close=close
+            ) from None
+        try:
+            policy = await self._in_thread(authorizer, request, LambdaContext(name))
             statements = (policy.get("policyDocument") or {}).get("Statement") or []
             allowed = any(s.get("Effect") == "Allow" for s in statements)
         except Exception as exc:  # "Unauthorized" (or any failure) is a 401, as in API Gateway
