@@ -35,6 +35,14 @@ HANDLERS = {
     "ScheduleFunction": "dnmon_api.schedule.handler",
     "AgentApiFunction": "dnmon_api.agent_api.handler",
     "JanitorFunction": "dnmon_api.janitor.handler",
+    "StreamFunction": "dnmon_api.streaming.handler",
+}
+# The capture routes stream (responseTransferMode: STREAM) from StreamFunction; the rest are ApiFunction's.
+STREAMING_ROUTES = {
+    ("POST", "/livemetrics"),
+    ("GET", "/livemetrics"),
+    ("POST", "/trace"),
+    ("GET", "/trace"),
 }
 ROUTES = {
     ("POST", "/livemetrics"),
@@ -218,6 +226,7 @@ def _stub_root(root: Path) -> Path:
     (package / "authorizer.py").write_text("def authorize(event, context):\n    return {}\n\nhandler = 1\n")
     (package / "agent_api.py").write_text("def handler(event, context):\n    return {}\n")
     (package / "janitor.py").write_text("def handler(event, context):\n    return {}\n")
+    (package / "streaming.py").write_text("def handler(event, context, stream):\n    return None\n")
     return root
 
 
@@ -378,14 +387,27 @@ def test_every_route_is_behind_the_default_authorizer(
     assert {(verb, path) for verb, path, _ in operations} == ROUTES
     for verb, path, operation in operations:
         assert operation["security"] == [{"MonitorApiKey": []}], (verb, path)
-        assert "ApiFunction.Arn" in json.dumps(operation["x-amazon-apigateway-integration"]["uri"])
+        integration = operation["x-amazon-apigateway-integration"]
+        if (verb, path) in STREAMING_ROUTES:
+            assert "${StreamFunction.Arn}/response-streaming-invocations" in json.dumps(integration["uri"])
+            assert integration["responseTransferMode"] == "STREAM"
+        else:
+            assert "ApiFunction.Arn" in json.dumps(integration["uri"]), (verb, path)
 
 
 def test_routes_are_what_the_local_stack_serves() -> None:
     api = load_local_routes(TEMPLATE)
     assert api.authorizer_handler == HANDLERS["AuthorizerFunction"]
     assert {(r.method, r.path) for r in api.routes} == ROUTES
-    assert {r.handler for r in api.routes} == {HANDLERS["ApiFunction"]}
+    for route in api.routes:
+        streaming = (route.method, route.path) in STREAMING_ROUTES
+        assert route.streaming is streaming, route
+        expected = "StreamFunction" if streaming else "ApiFunction"
+        assert (route.function, route.handler) == (expected, HANDLERS[expected]), route
+    stream = api.function("StreamFunction")
+    assert stream.timeout_seconds == 900  # API Gateway's streaming limit: 15 minutes
+    assert stream.exec_wrapper == "/var/task/dnmon_api/stream_bootstrap"
+    assert (FUNCTIONS / "dnmon_api" / "stream_bootstrap").is_file()
     resolved = api.resolve("GET", "/processes/env")
     assert resolved is not None and resolved[0].path == "/processes/env"
 

@@ -26,15 +26,15 @@ from typing import IO, Any
 import boto3
 
 from dnmon_core.apikey import generate_key
-from dnmon_core.operations import OperationState
-from dnmon_core.store import OperationStore, StoreError, table_schema
+from dnmon_core.store import table_schema
 
 from ..diagnostics.discovery import find_sockets
 from ..worker import Agent, AgentSettings
 from . import dotnet, template
 from .function_url import start_agent_api
-from .gateway import Gateway, wait_until_serving
+from .gateway import GatewayServer, GatewaySettings, wait_until_serving
 from .resources import create_signing_key
+from .runtime_api import LocalFunction, RuntimeApiError
 from .sigv4 import Identity
 
 log = logging.getLogger("dnmon.local")
@@ -160,7 +160,7 @@ class LocalStack:
             "DNMON_BUCKET": f"dnmon-local-{suffix}",
             "DNMON_AGENT_QUEUE_PREFIX": "dnmon-agent-",
             "DNMON_COUNTER_INTERVAL_SECONDS": str(self.options.interval_seconds),
-            "DNMON_STREAM_INGEST_URL": f"{self.url}/_dnmon/ingest",
+            "DNMON_PUBLIC_URL": self.url,  # Location headers name the API as configured
             "DNMON_EGRESS_PROVIDERS": json.dumps(
                 {
                     "s3": {"type": "s3", "bucketName": f"dnmon-local-{suffix}", "prefix": "egress/"},
@@ -198,32 +198,29 @@ class LocalStack:
         os.environ.pop("DNMON_AUTH_DISABLED", None)
 
     def _start_gateway(self) -> None:
-        api = template.load(self.root / "infra" / "template.yaml")
-        store = OperationStore(boto3.resource("dynamodb").Table(self.env["DNMON_TABLE"]))
-
-        def status_of(operation_id: uuid.UUID) -> tuple[str, str | None]:
-            try:
-                record = store.get(operation_id)
-            except StoreError:
-                return str(OperationState.RUNNING), None
-            return str(record.status), record.error.message if record.error else None
-
+        """The template's routes: buffered ones in-process, streaming ones through the Runtime API."""
         try:
-            gateway = Gateway(
-                ("127.0.0.1", self.options.port), api, status_of=status_of, auth_enabled=self.options.auth
-            )
+            api = template.load(self.root / "infra" / "template.yaml")
+        except template.TemplateError as exc:
+            raise UpError(str(exc)) from exc
+        functions: dict[str, LocalFunction] = {}
+        try:
+            for function in api.streaming_functions():
+                local = LocalFunction(function, self.root / "functions")
+                self._cleanup.append(local.close)
+                local.start(warm=1)
+                functions[function.logical_id] = local
+        except RuntimeApiError as exc:
+            raise UpError(f"cannot run the streaming functions: {exc}") from exc
+        settings = GatewaySettings(public_url=self.url, auth_enabled=self.options.auth)
+        try:
+            gateway = GatewayServer(api, functions, port=self.options.port, settings=settings)
         except OSError as exc:
             raise UpError(
                 f"port {self.options.port} is taken ({exc.strerror}); choose another with --port"
             ) from exc
-        thread = threading.Thread(target=gateway.serve_forever, name="gateway", daemon=True)
-        thread.start()
-
-        def stop_gateway() -> None:
-            gateway.shutdown()
-            gateway.server_close()
-
-        self._cleanup.append(stop_gateway)
+        gateway.start()
+        self._cleanup.append(gateway.stop)
         wait_until_serving(f"{self.url}/info")
 
     def _start_agent_api(self) -> None:

@@ -1,7 +1,9 @@
 """Routes and handler names from infra/template.yaml, so the local stack serves what SAM deploys.
 
-Only what the gateway needs is read: each function's ``Handler`` (or the Globals default), its
-``Api`` events (method + path), and which function the API's default authorizer runs.
+Only what the gateway needs is read: each function's ``Handler``, timeout, memory and exec wrapper
+(or the Globals defaults), its ``Api`` events (method + path, answered in one piece), the API's
+``DefinitionBody`` routes whose ``aws_proxy`` integration streams (``responseTransferMode: STREAM``),
+and which function the API's default authorizer runs.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+DEFAULT_TIMEOUT_SECONDS = 3  # Lambda's defaults when neither the function nor Globals set them
+DEFAULT_MEMORY_MB = 128
+HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 
 class TemplateError(ValueError):
@@ -40,11 +46,24 @@ _CfnLoader.add_multi_constructor("!", _tag)
 
 
 @dataclass(frozen=True)
+class Function:
+    """What Lambda needs to start one of the template's functions."""
+
+    logical_id: str
+    handler: str  # module.function
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    memory_mb: int = DEFAULT_MEMORY_MB
+    exec_wrapper: str | None = None  # AWS_LAMBDA_EXEC_WRAPPER, a /var/task/... path
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
     path: str  # as in the template: /operations/{operationId}
     handler: str  # module.function
     pattern: re.Pattern[str]
+    function: str = ""  # the serving function's logical id
+    streaming: bool = False  # invoked with a streamed response (the Runtime API's streaming mode)
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
         if method.upper() != self.method:
@@ -58,6 +77,18 @@ class ApiDefinition:
     routes: tuple[Route, ...]
     authorizer_handler: str | None
     agent_api_handler: str | None = None  # behind an AWS_IAM function URL
+    functions: tuple[Function, ...] = ()
+
+    def function(self, logical_id: str) -> Function:
+        for function in self.functions:
+            if function.logical_id == logical_id:
+                return function
+        raise TemplateError(f"the template has no function {logical_id}")
+
+    def streaming_functions(self) -> tuple[Function, ...]:
+        """The functions some route invokes with a streamed response, each once."""
+        names = {route.function for route in self.routes if route.streaming}
+        return tuple(f for f in self.functions if f.logical_id in names)
 
     def resolve(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         """Static paths win over ``{param}`` paths, as in API Gateway."""
@@ -86,17 +117,17 @@ def read(path: Path) -> dict[str, Any]:
 def load(path: Path) -> ApiDefinition:
     document = read(path)
     resources: dict[str, Any] = document.get("Resources") or {}
-    default_handler = ((document.get("Globals") or {}).get("Function") or {}).get("Handler")
+    defaults = (document.get("Globals") or {}).get("Function") or {}
     handlers: dict[str, str] = {}
+    functions: list[Function] = []
     routes: list[Route] = []
     for logical_id, resource in resources.items():
         if resource.get("Type") != "AWS::Serverless::Function":
             continue
         properties = resource.get("Properties") or {}
-        handler = properties.get("Handler") or default_handler
-        if not isinstance(handler, str):
-            raise TemplateError(f"function {logical_id} has no Handler")
-        handlers[logical_id] = handler
+        function = _function(logical_id, properties, defaults)
+        functions.append(function)
+        handlers[logical_id] = function.handler
         for event in (properties.get("Events") or {}).values():
             if event.get("Type") != "Api":
                 continue
@@ -104,12 +135,87 @@ def load(path: Path) -> ApiDefinition:
             method, route_path = str(spec.get("Method", "")).upper(), spec.get("Path")
             if not method or not isinstance(route_path, str):
                 raise TemplateError(f"function {logical_id} has an Api event without Method/Path")
-            routes.append(Route(method, route_path, handler, _pattern(route_path)))
+            routes.append(Route(method, route_path, function.handler, _pattern(route_path), logical_id))
+    routes += _definition_routes(resources, {f.logical_id: f for f in functions})
     if not routes:
         raise TemplateError(f"{path} declares no Api routes")
     return ApiDefinition(
-        tuple(routes), _authorizer(resources, handlers), _iam_function_url(resources, handlers)
+        tuple(routes),
+        _authorizer(resources, handlers),
+        _iam_function_url(resources, handlers),
+        tuple(functions),
     )
+
+
+def _function(logical_id: str, properties: dict[str, Any], defaults: dict[str, Any]) -> Function:
+    handler = properties.get("Handler") or defaults.get("Handler")
+    if not isinstance(handler, str):
+        raise TemplateError(f"function {logical_id} has no Handler")
+    variables = {
+        **((defaults.get("Environment") or {}).get("Variables") or {}),
+        **((properties.get("Environment") or {}).get("Variables") or {}),
+    }
+    wrapper = variables.get("AWS_LAMBDA_EXEC_WRAPPER")
+    timeout = properties.get("Timeout", defaults.get("Timeout", DEFAULT_TIMEOUT_SECONDS))
+    memory = properties.get("MemorySize", defaults.get("MemorySize", DEFAULT_MEMORY_MB))
+    if not isinstance(timeout, int) or not isinstance(memory, int):
+        raise TemplateError(f"function {logical_id}: Timeout and MemorySize must be numbers here")
+    return Function(logical_id, handler, timeout, memory, wrapper if isinstance(wrapper, str) else None)
+
+
+_FUNCTION_ARN = re.compile(r"\$\{([A-Za-z0-9]+)\.Arn\}")
+
+
+def _definition_routes(resources: dict[str, Any], functions: dict[str, Function]) -> list[Route]:
+    """Routes the API's OpenAPI body declares itself: ``aws_proxy`` integrations naming a function."""
+    routes: list[Route] = []
+    for resource in resources.values():
+        if resource.get("Type") != "AWS::Serverless::Api":
+            continue
+        body = (resource.get("Properties") or {}).get("DefinitionBody") or {}
+        for route_path, operations in (body.get("paths") or {}).items():
+            for verb, operation in (operations or {}).items():
+                if verb.lower() not in HTTP_METHODS:
+                    continue
+                integration = (operation or {}).get("x-amazon-apigateway-integration") or {}
+                if integration.get("type") != "aws_proxy":
+                    continue
+                function = functions.get(_integrated_function(route_path, verb, integration) or "")
+                if function is None:
+                    raise TemplateError(
+                        f"{verb.upper()} {route_path}: the integration names no function of the template"
+                    )
+                streaming = integration.get("responseTransferMode") == "STREAM"
+                if streaming and function.exec_wrapper is None:
+                    raise TemplateError(
+                        f"function {function.logical_id} streams but sets no AWS_LAMBDA_EXEC_WRAPPER: "
+                        "the local stack starts it through that wrapper"
+                    )
+                routes.append(
+                    Route(
+                        verb.upper(),
+                        route_path,
+                        function.handler,
+                        _pattern(route_path),
+                        function.logical_id,
+                        streaming,
+                    )
+                )
+    return routes
+
+
+def _integrated_function(route_path: str, verb: str, integration: dict[str, Any]) -> str | None:
+    """The logical id in the integration URI's ``${Function.Arn}`` (``Fn::Sub``, either form)."""
+    uri = integration.get("uri")
+    text = uri.get("Fn::Sub") if isinstance(uri, dict) else None
+    if isinstance(text, list) and text:
+        text = text[0]
+    if not isinstance(text, str):
+        raise TemplateError(
+            f"{verb.upper()} {route_path}: the integration uri is not a !Sub of a function ARN"
+        )
+    found = _FUNCTION_ARN.search(text)
+    return found.group(1) if found else None
 
 
 def _iam_function_url(resources: dict[str, Any], handlers: dict[str, str]) -> str | None:

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from dnmon_core.config import STREAM_HEADER
+from .streams import public_base
 
 
 def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -32,11 +32,19 @@ def binary(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "body": base64.b64encode(b"\x00\x01\xff").decode(), "isBase64Encoded": True}  # fmt: skip
 
 
-def stream(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    operation = event["pathParameters"]["operationId"]
-    headers = {"Content-Type": ["application/octet-stream"], "Location": [f"/operations/{operation}"],
-               STREAM_HEADER: [operation]}  # fmt: skip
-    return {"statusCode": 200, "multiValueHeaders": headers, "body": ""}
+def location(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A Location built from the event as the API builds it, and the headers that could mislead it."""
+    headers = event["headers"]
+    seen = {name: headers.get(name) for name in ("Host", "X-Forwarded-Proto", "X-Forwarded-Host")}
+    return {
+        "statusCode": 201,
+        "headers": {"Location": f"{public_base(event)}/operations/1", "Content-Type": "application/json"},
+        "body": json.dumps({"headers": seen, "domainName": event["requestContext"]["domainName"]}),
+    }
+
+
+def crash(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    raise RuntimeError("the handler failed")
 
 
 def authorizer(event: dict[str, Any], context: Any) -> dict[str, Any]:
