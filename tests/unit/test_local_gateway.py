@@ -292,11 +292,6 @@ def test_a_client_that_leaves_cuts_the_handler_off(gateway: GatewayServer, tmp_p
     assert _leave_mid_stream(gateway, tmp_path)["type"] == "ClientGone"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="functions/dnmon_api/runtime.py runs as __main__ (python3 -m), so the ClientGone it raises "
-    "is __main__.ClientGone, not the dnmon_api.runtime.ClientGone that handlers import and catch",
-)
 def test_the_handler_can_catch_client_gone_by_its_import(gateway: GatewayServer, tmp_path: Path) -> None:
     assert _leave_mid_stream(gateway, tmp_path)["imported_class"] is True
 
