@@ -237,7 +237,7 @@ def test_trace_ctrl_c_stops_gracefully_with_rundown(
     target = dotnet_target("DemoApp.cs", "cpu")
     up.wait_for_process(target.pid)
     out = tmp_path / "cpu.nettrace"
-    process = background(up, tmp_path, "trace", "--pid", str(target.pid), "--duration", "-1",
+    process = background(up, tmp_path, "trace", "--pid", str(target.pid), "--duration", "600",
                          "--profile", "Cpu", "-o", str(out))  # fmt: skip
     wait_for_file(out.with_name("cpu.nettrace.part"))
     assert not out.exists(), "the file appears only whole"
@@ -249,6 +249,39 @@ def test_trace_ctrl_c_stops_gracefully_with_rundown(
     assert found and status_of(up, tmp_path, found.group(1)) == "Succeeded"
 
 
+def test_endless_trace_is_kept_and_downloaded_after_ctrl_c(
+    up: Up, dotnet_target: StartTarget, tmp_path: Path
+) -> None:
+    """``-1`` cannot fit in a streamed response: the API answers 202, the trace is kept; Ctrl-C
+    stops it gracefully and the client downloads the whole file."""
+    target = dotnet_target("DemoApp.cs", "cpu")
+    up.wait_for_process(target.pid)
+    out = tmp_path / "endless.nettrace"
+    log = tmp_path / "stderr.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            command("trace", "--pid", str(target.pid), "--duration", "-1", "--profile", "Cpu",
+                    "-o", str(out)),
+            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path, env=client_env(up, tmp_path),
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not OPERATION.search(log.read_text()):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        found = OPERATION.search(log.read_text())
+        assert found
+        while status_of(up, tmp_path, found.group(1)) != "Running":
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert not out.with_name("endless.nettrace.part").exists()  # nothing streams for -1
+        process.send_signal(signal.SIGINT)
+        stdout, _ = process.communicate(timeout=120)
+    completed = subprocess.CompletedProcess(process.args, process.returncode, stdout, log.read_text())
+    result = checked(up, completed, 0)
+    assert f"wrote {out.stat().st_size} bytes" in result.stderr
+    assert_cpu_trace(out.read_bytes())
+
+
 def test_trace_second_ctrl_c_cancels(up: Up, dotnet_target: StartTarget, tmp_path: Path) -> None:
     target = dotnet_target("DemoApp.cs", "cpu")
     up.wait_for_process(target.pid)
@@ -256,7 +289,7 @@ def test_trace_second_ctrl_c_cancels(up: Up, dotnet_target: StartTarget, tmp_pat
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
-            command("trace", "--pid", str(target.pid), "--duration", "-1", "--profile", "Cpu",
+            command("trace", "--pid", str(target.pid), "--duration", "600", "--profile", "Cpu",
                     "-o", str(out)),
             stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path, env=client_env(up, tmp_path),
         )  # fmt: skip

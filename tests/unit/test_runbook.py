@@ -137,3 +137,15 @@ def test_download_resumes_after_a_cut_and_never_sends_the_token(tmp_path: Path) 
     assert [r.headers.get("Range") for r in seen] == [None, "bytes=131072-"]
     assert all("authorization" not in r.headers for r in seen)
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_metrics_past_the_stream_cap_is_a_run_of_streamed_windows() -> None:
+    """A streamed response lasts 15 minutes at most; ``-1`` and long durations become windows."""
+    from itertools import islice
+
+    from dnmon_agent.runbook.metrics import WINDOW_SECONDS, windows
+
+    assert list(windows(30)) == [30]
+    assert list(windows(WINDOW_SECONDS * 2 + 5)) == [WINDOW_SECONDS, WINDOW_SECONDS, 5]
+    assert list(windows(0)) == []
+    assert list(islice(windows(-1), 4)) == [WINDOW_SECONDS] * 4

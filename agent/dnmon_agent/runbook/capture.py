@@ -78,6 +78,7 @@ class Outcome:
     streamed: bool  # True: the 200 body went to the sink; False: 202, the artifact is kept
     status: dict[str, Any]
     received: int
+    stopped: bool = False  # the user asked for the graceful stop (Ctrl-C)
 
 
 def run(
@@ -152,4 +153,4 @@ def _run(
         raise artifacts.failure(final)
     if final.get("status") != "Succeeded":
         warn(f"the stream ended whole but operation {stopper.operation_id} is still {final.get('status')}")
-    return Outcome(stopper.operation_id, streamed, final, received)
+    return Outcome(stopper.operation_id, streamed, final, received, stopped=stopper._requested)

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,23 @@ class BoardView:
             self.live.update(self.board.render(), refresh=True)
 
 
+WINDOW_SECONDS = 600
+"""A streamed response lasts 15 minutes at most (the API answers 202 beyond ``DNMON_STREAM_MAX_SECONDS``,
+840 s by default): a longer or endless live view is a run of streamed captures this long each."""
+
+
+def windows(duration: int) -> Iterator[int]:
+    """The ``durationSeconds`` of each consecutive capture: ``-1`` goes on until Ctrl-C."""
+    remaining = duration
+    while remaining == -1 or remaining > 0:
+        if remaining == -1:
+            yield WINDOW_SECONDS
+            continue
+        window = min(remaining, WINDOW_SECONDS)
+        yield window
+        remaining -= window
+
+
 def run(args: argparse.Namespace, client: ApiClient) -> int:
     body = _body(args)
     selector = next(f"{k} {v}" for k in ("pid", "uid", "name") if (v := getattr(args, k)) is not None)
@@ -233,32 +251,37 @@ def run(args: argparse.Namespace, client: ApiClient) -> int:
         out.write(chunk)
         out.flush()
 
+    def follow(sink: Callable[[bytes], None], status: StatusLine) -> str:
+        """One streamed capture after another; the graceful stop (Ctrl-C) ends the run."""
+        state = ""
+        for seconds in windows(args.duration):
+            outcome = capture.run(
+                client, method="POST", route="/livemetrics", params={**capture_params(args),
+                "durationSeconds": seconds}, body=body, accept=JSON_SEQ, sink=sink, status=status,
+            )  # fmt: skip
+            if not outcome.streamed:  # answered 202: the records are in the kept artifact
+                sink(_fetch_records(client, outcome.operation_id))
+            state = str(outcome.status.get("status"))
+            if outcome.stopped:
+                break
+        return state
+
     board_console = stdout_console()
     # Two live displays on one terminal fight: with the live table, the status line stays quiet.
     quiet = not args.json_seq and board_console.is_terminal
     status_console = Console(stderr=True, quiet=True) if quiet else stderr_console()
     with StatusLine(status_console, f"livemetrics {selector}") as status:
         if args.json_seq:
-            outcome = capture.run(
-                client, method="POST", route="/livemetrics", params=capture_params(args), body=body,
-                accept=JSON_SEQ, sink=raw, status=status,
-            )  # fmt: skip
-            if not outcome.streamed:
-                raw(_fetch_records(client, outcome.operation_id))
+            state = follow(raw, status)
         else:
             with BoardView(MetricsBoard(title), board_console) as view:
-                outcome = capture.run(
-                    client, method="POST", route="/livemetrics", params=capture_params(args), body=body,
-                    accept=JSON_SEQ, sink=view.feed, status=status,
-                )  # fmt: skip
-                if not outcome.streamed:
-                    view.feed(_fetch_records(client, outcome.operation_id))
-        status.update(state=str(outcome.status.get("status")))
+                state = follow(view.feed, status)
+        status.update(state=state)
     return 0
 
 
 def _fetch_records(client: ApiClient, operation_id: str) -> bytes:
-    """A 202 answer (AWS beyond its sync budget): the kept ``.metrics.json`` artifact."""
+    """A 202 answer (a capture longer than a streamed response): the kept ``.metrics.json`` artifact."""
     with tempfile.TemporaryDirectory(prefix="dnmon-metrics-") as folder:
         path = Path(folder) / "metrics.json-seq"
         artifacts.download(client, operation_id, path)
