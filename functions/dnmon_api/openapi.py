@@ -88,18 +88,31 @@ _LOCATION: Final = {
     }
 }
 _ACCEPTED: Final = {
-    "description": "An egress provider was given (or the capture outlasts one request): the capture "
-    "has started; follow Location.",
+    "description": "An egress provider was given, or durationSeconds is -1 or longer than a streamed "
+    "response may last (DNMON_STREAM_MAX_SECONDS, 840 s): the capture has started, its artifact is "
+    "kept; follow Location.",
     "headers": _LOCATION,
 }
+_STREAMED: Final = {
+    **_LOCATION,
+    "Content-Disposition": {
+        "description": 'attachment; filename="{artifact name}", as dotnet-monitor sends it.',
+        "schema": {"type": "string"},
+    },
+}
+_STREAM_NOTE: Final = (
+    " Status and headers are sent when the EventPipe session opens; a failure after that ends the "
+    "stream without its final chunk (the partial artifact is kept, see the artifact route)."
+)
 _TRACE_OK: Final = {
-    "description": "The nettrace stream, exactly as the runtime wrote it.",
-    "headers": _LOCATION,
+    "description": "The nettrace stream, exactly as the runtime wrote it." + _STREAM_NOTE,
+    "headers": _STREAMED,
     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
 }
 _METRICS_OK: Final = {
-    "description": "Metric records as a JSON text sequence (RFC 7464: 0x1E, JSON, 0x0A per record).",
-    "headers": _LOCATION,
+    "description": "Metric records as a JSON text sequence (RFC 7464: 0x1E, JSON, 0x0A per record), "
+    "each interval's as they are produced." + _STREAM_NOTE,
+    "headers": _STREAMED,
     "content": {"application/json-seq": {"schema": _ref("MetricRecord")}},
 }
 _ENVIRONMENT: Final = _json(
@@ -130,7 +143,8 @@ ROUTES: Final = (
            "201": _json(_ref(OperationStatus), "Succeeded: the artifact exists.")}),
     Route("DELETE", "/operations/{operationId}", "Cancel an operation, or stop it gracefully (stop=true).",
           {"200": {"description": "Cancelled."}, "202": {"description": "Stopping gracefully."}}),
-    Route("GET", "/operations/{operationId}/artifact", "dnmon: where to download a finished artifact.",
+    Route("GET", "/operations/{operationId}/artifact", "dnmon: where to download an operation's artifact "
+          "(also a failed capture's partial one: `partial` is then true).",
           {"200": _json({"type": "object"}, "A local artifact's location."),
            "302": {"description": "Redirect to a presigned URL (also given in the JSON body).",
                    "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
