@@ -7,11 +7,12 @@ its order: route (404), the payload limit from the declared length (413), the RE
 a function gets names the API as configured (``requestContext.domainName``, ``Host``,
 ``X-Forwarded-*``), never as the client's headers claim, so a Location built from it is ours.
 
-Buffered routes call their handler in-process, as today. Streaming routes (``responseTransferMode:
-STREAM``) invoke their function through the local Runtime API (``runtime_api``): the status and
-headers go out as soon as the function starts its response, each chunk as it comes; a response
-cut by the function ends the connection without HTTP's final chunk, so the client sees the cut;
-a client that goes away cuts the function's response, so its next write fails.
+Buffered routes call their handler in-process, one call per request as the managed runtime makes.
+Streaming routes (``responseTransferMode: STREAM``) invoke their function through the local Runtime
+API (``runtime_api``): the status and headers go out as soon as the function starts its response,
+each chunk as it comes; a response cut by the function ends the connection without HTTP's final
+chunk, so the client sees the cut; a client that goes away cuts the function's response, so its
+next write fails.
 """
 
 from __future__ import annotations
