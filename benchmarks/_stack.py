@@ -131,14 +131,12 @@ def call_api(
     meter: Meter, method: str, path: str, query: dict[str, str] | None = None, body: Any = None
 ) -> tuple[dict[str, Any], float, Frame]:
     """The API handler on one API Gateway event, in-process: (response, wall seconds, its AWS calls)."""
-    from tests.apigw import FakeContext, rest_event
-
-    from dnmon_api import app
+    from tests.apigw import handle, rest_event
 
     event = rest_event(method, path, query=query, body=body)
     with meter.acting("api") as frame:
         start = time.perf_counter()
-        response = app.handler(event, FakeContext())  # type: ignore[arg-type]
+        response = handle(event)
         seconds = time.perf_counter() - start
     return response, seconds, frame
 

@@ -30,7 +30,7 @@ from typing import Any
 import boto3
 import psutil
 from moto.server import ThreadedMotoServer
-from tests.apigw import FakeContext, header, rest_event
+from tests.apigw import handle, header, rest_event
 from tests.dotnet import DotnetTarget
 
 from benchmarks._results import save
@@ -76,9 +76,7 @@ def _environment(endpoint: str) -> dict[str, str]:
 
 
 def _call(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    from dnmon_api import app
-
-    return app.handler(rest_event(method, path, **kwargs), FakeContext())  # type: ignore[arg-type,no-any-return]
+    return handle(rest_event(method, path, **kwargs))
 
 
 def _uploaded_bytes(bucket: str) -> int:

@@ -148,15 +148,19 @@ def as_response(stream: RecordedStream) -> dict[str, Any]:
     }
 
 
-def invoke(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-    """The function API Gateway would invoke for this route, as API Gateway would."""
-    event = rest_event(method, path, **kwargs)
-    if path in CAPTURE_PATHS:
+def handle(event: dict[str, Any]) -> dict[str, Any]:
+    """The function API Gateway would invoke for this event's route (the StreamFunction for the
+    capture routes, the API function for the rest), its answer in the buffered proxy shape."""
+    if event["path"] in CAPTURE_PATHS:
         return as_response(stream_call(event))
     from dnmon_api import app
 
     response: dict[str, Any] = app.handler(event, FakeContext())  # type: ignore[arg-type]
     return response
+
+
+def invoke(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    return handle(rest_event(method, path, **kwargs))
 
 
 def header(response: dict[str, Any], name: str) -> str | None:
