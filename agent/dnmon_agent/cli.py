@@ -78,13 +78,29 @@ def _add_selector(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+OWN_COMMANDS = ("processes", "capture", "agent", "up", "generatekey")
+_GLOBAL_VALUES = ("--url", "--token", "--profile")
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word, skipping the global options before it (and their values)."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token in _GLOBAL_VALUES:
+            next(tokens, None)
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dnmon", description="dotnet-monitor's capture API for .NET processes"
     )
     runbook.add_global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True)
-    runbook.add_commands(commands)  # ps, metrics, trace, ops: the client of any dnmon API
+    if _command_of(sys.argv[1:] if argv is None else argv) not in OWN_COMMANDS:
+        runbook.add_commands(commands)  # ps, metrics, trace, ops: the client of any dnmon API
 
     processes = commands.add_parser("processes", help="list .NET processes")
     processes.add_argument(
@@ -306,7 +322,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     if runbook.is_runbook(args):
         return runbook.run(args)
     handlers = {

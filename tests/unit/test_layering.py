@@ -42,3 +42,17 @@ def test_agent_and_functions_never_import_each_other() -> None:
         assert not _imports(path) & function_packages, path
     for path in _python_files("functions"):
         assert "dnmon_agent" not in _imports(path), path
+
+
+def test_the_agent_command_loads_no_runbook_client() -> None:
+    """``dnmon agent`` is long-lived and its memory is a goal: httpx and rich stay unloaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from dnmon_agent import cli; cli.build_parser(['agent']).parse_args(['agent']); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'httpx', 'rich'}))"
+    )
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
+    code = "import sys; from dnmon_agent import cli; cli.build_parser(['ps']); print('httpx' in sys.modules)"
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "True"

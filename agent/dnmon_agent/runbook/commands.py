@@ -11,9 +11,11 @@ import argparse
 import sys
 from typing import Any
 
-from . import config, metrics, ops, ps, trace
 from .errors import ExitCode, RunbookError
-from .http import ApiClient
+
+# The commands (and httpx, rich) load only when ``dnmon`` runs one of them: ``dnmon agent`` is a
+# long-lived process whose memory is a goal (BENCHMARKS.md, agent footprint).
+COMMANDS = ("ps", "metrics", "trace", "ops")
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -34,6 +36,8 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
 
 def add_commands(commands: Any) -> None:
     """``ps``, ``metrics``, ``trace`` and ``ops`` on the ``dnmon`` subparsers."""
+    from . import metrics, ops, ps, trace
+
     parent = argparse.ArgumentParser(add_help=False)
     _connection_options(parent, argparse.SUPPRESS)  # after the command too, without clobbering
     for group in (ps, metrics, trace, ops):
@@ -45,6 +49,9 @@ def is_runbook(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import config
+    from .http import ApiClient
+
     try:
         api = config.resolve(url=args.url, token=args.token, profile=args.api_profile)
         with ApiClient(api) as client:
