@@ -44,6 +44,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tests.integration.test_flow import CPU_BODY
+
 from benchmarks._results import save
 from benchmarks._stack import _free_port, call_api, stack
 from benchmarks.bench_cost import capacity, item_size, table_items
@@ -55,17 +57,7 @@ LIVEMETRICS_BODY: dict[str, Any] = {  # the default providers plus the demo app'
     "includeDefaultProviders": True,
     "providers": [{"providerName": "CustomProvider", "counterNames": ["counter1", "counter2"]}],
 }
-TRACE_BODY: dict[str, Any] = {  # tests/integration/test_flow.py CPU_BODY, the CPU profile
-    "Providers": [
-        {"Name": "Microsoft-DotNETCore-SampleProfiler", "EventLevel": "Informational"},
-        {
-            "Name": "Microsoft-Windows-DotNETRuntime",
-            "EventLevel": "Informational",
-            "Keywords": "0x14C14FCCBD",
-        },
-    ],
-    "BufferSizeInMB": 64,
-}
+TRACE_BODY: dict[str, Any] = CPU_BODY  # the CPU profile, as tests/integration/test_flow.py asks for it
 MB = 10**6
 GB = 10**9
 # docs/streaming.md "Cost per streamed minute": the unit prices and what the docs read settle.
@@ -373,17 +365,8 @@ def run_inprocess(seconds: int, interval: float) -> dict[str, Any]:
                     with meter.acting("check"):
                         record = store.get(got.operation_id)
                         artifact = record.artifact or {}
-                        kept: bytes = s3.get_object(Bucket=artifact["bucket"], Key=artifact["key"])[
-                            "Body"
-                        ].read()
+                        figures = stream_figures(s3, path, got, artifact, interval, wall_offset)
                         items = table_items(st)
-                    figures = (
-                        livemetrics_figures(got, interval, wall_offset)
-                        if path == "/livemetrics"
-                        else trace_figures(got, kept)
-                    )
-                    if path == "/livemetrics":
-                        figures["relayed_equals_kept"] = got.body == kept
                     results[path.strip("/")] = {
                         "status": got.status,
                         "content_type": got.header("Content-Type"),
@@ -483,14 +466,7 @@ def run_up(seconds: int, interval: float) -> dict[str, Any]:
                     continue
                 record = _wait_terminal(store, got.operation_id)
                 artifact = record.artifact or {}
-                kept: bytes = s3.get_object(Bucket=artifact["bucket"], Key=artifact["key"])["Body"].read()
-                figures = (
-                    livemetrics_figures(got, interval, wall_offset)
-                    if path == "/livemetrics"
-                    else trace_figures(got, kept)
-                )
-                if path == "/livemetrics":
-                    figures["relayed_equals_kept"] = got.body == kept
+                figures = stream_figures(s3, path, got, artifact, interval, wall_offset)
                 results[path.strip("/")] = {
                     **entry,
                     "final_state": str(record.status),
@@ -502,6 +478,16 @@ def run_up(seconds: int, interval: float) -> dict[str, Any]:
                 target.stop()
             local.stop()
     return results
+
+
+def stream_figures(
+    s3: Any, path: str, got: Received, artifact: dict[str, Any], interval: float, wall_offset: float
+) -> dict[str, Any]:
+    """The goal's figures of one stream, against the artifact the agent kept (what the runtime sent)."""
+    kept: bytes = s3.get_object(Bucket=artifact["bucket"], Key=artifact["key"])["Body"].read()
+    if path != "/livemetrics":
+        return trace_figures(got, kept)
+    return {**livemetrics_figures(got, interval, wall_offset), "relayed_equals_kept": got.body == kept}
 
 
 def _wait_terminal(store: Any, operation_id: uuid.UUID, timeout: float = 60.0) -> Any:
