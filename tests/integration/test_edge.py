@@ -24,8 +24,8 @@ import pytest
 
 from dnmon_agent.local import template
 from dnmon_agent.local.gateway import BODY_LIMIT, GatewayServer, GatewaySettings
-from dnmon_agent.local.runtime_api import LocalFunction
 from dnmon_core.apikey import GeneratedKey, generate_key
+from tests.unit.test_local_gateway import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_TEMPLATE = ROOT / "infra" / "template.yaml"
@@ -47,33 +47,19 @@ def real(key: GeneratedKey) -> Iterator[GatewayServer]:
         patch.setenv("Authentication__MonitorApiKey__Subject", key.subject)
         patch.setenv("Authentication__MonitorApiKey__PublicKey", key.public_key)
         patch.delenv("DNMON_AUTH_DISABLED", raising=False)
-        api = template.load(REAL_TEMPLATE)
-        functions = {f.logical_id: LocalFunction(f, ROOT / "functions") for f in api.streaming_functions()}
-        server = GatewayServer(api, functions, settings=GatewaySettings(read_timeout=READ_TIMEOUT))
-        server.start()
-        try:
+        settings = GatewaySettings(read_timeout=READ_TIMEOUT)
+        with serve(
+            template.load(REAL_TEMPLATE), settings, task_root=ROOT / "functions", warm=False
+        ) as server:
             yield server
-        finally:
-            server.stop()
-            for function in functions.values():
-                function.close()
 
 
 @pytest.fixture(scope="module")
 def fixture() -> Iterator[GatewayServer]:
     """The fixture template, named by configuration as https://dnmon.example.test, stage v1."""
-    api = template.load(FIXTURE_TEMPLATE)
-    functions = {f.logical_id: LocalFunction(f, ROOT) for f in api.streaming_functions()}
     settings = GatewaySettings(public_url=PUBLIC_URL, stage="v1", read_timeout=READ_TIMEOUT)
-    server = GatewayServer(api, functions, settings=settings)
-    functions["StreamFunction"].start(warm=1)
-    server.start()
-    try:
+    with serve(template.load(FIXTURE_TEMPLATE), settings) as server:
         yield server
-    finally:
-        server.stop()
-        for function in functions.values():
-            function.close()
 
 
 def connect(server: GatewayServer) -> socket.socket:

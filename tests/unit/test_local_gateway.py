@@ -40,13 +40,20 @@ def api() -> template.ApiDefinition:
 
 @contextmanager
 def serve(
-    api: template.ApiDefinition, settings: GatewaySettings | None = None, **limits: int
+    api: template.ApiDefinition,
+    settings: GatewaySettings | None = None,
+    *,
+    task_root: Path = ROOT,
+    warm: bool = True,
+    **limits: int,
 ) -> Iterator[GatewayServer]:
-    """The gateway and a local Runtime API per streaming function, the checkout as task root."""
-    functions = {f.logical_id: LocalFunction(f, ROOT, **limits) for f in api.streaming_functions()}
+    """The gateway and a local Runtime API per streaming function (by default the checkout as task
+    root, one environment started ahead)."""
+    functions = {f.logical_id: LocalFunction(f, task_root, **limits) for f in api.streaming_functions()}
     server = GatewayServer(api, functions, settings=settings)
     try:
-        functions["StreamFunction"].start(warm=1)
+        if warm:
+            functions["StreamFunction"].start(warm=1)
         server.start()
         yield server
     finally:
