@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -78,15 +79,23 @@ def dnmon(up: Up, tmp_path: Path, *args: str, code: int = 0, timeout: float = 12
     return checked(up, result, code)
 
 
-def background(up: Up, tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+def background(
+    up: Up, tmp_path: Path, *args: str, stderr: IO[str] | int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """The client running; ``stderr`` may be a log file, to read its progress while it runs."""
     return subprocess.Popen(
-        command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        command(*args), stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path,
         env=client_env(up, tmp_path),
     )  # fmt: skip
 
 
-def finish(up: Up, process: subprocess.Popen[str], code: int) -> subprocess.CompletedProcess[str]:
+def finish(
+    up: Up, process: subprocess.Popen[str], code: int, log: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Its end; with ``log``, its stderr is that file's text."""
     stdout, stderr = process.communicate(timeout=120)
+    if log is not None:
+        stderr = log.read_text()
     return checked(up, subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), code)
 
 
@@ -259,11 +268,8 @@ def test_endless_trace_is_kept_and_downloaded_after_ctrl_c(
     out = tmp_path / "endless.nettrace"
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr:
-        process = subprocess.Popen(
-            command("trace", "--pid", str(target.pid), "--duration", "-1", "--profile", "Cpu",
-                    "-o", str(out)),
-            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path, env=client_env(up, tmp_path),
-        )  # fmt: skip
+        process = background(up, tmp_path, "trace", "--pid", str(target.pid), "--duration", "-1",
+                             "--profile", "Cpu", "-o", str(out), stderr=stderr)  # fmt: skip
         deadline = time.monotonic() + 30
         while not OPERATION.search(log.read_text()):
             assert time.monotonic() < deadline, log.read_text()
@@ -275,9 +281,7 @@ def test_endless_trace_is_kept_and_downloaded_after_ctrl_c(
             time.sleep(0.2)
         assert not out.with_name("endless.nettrace.part").exists()  # nothing streams for -1
         process.send_signal(signal.SIGINT)
-        stdout, _ = process.communicate(timeout=120)
-    completed = subprocess.CompletedProcess(process.args, process.returncode, stdout, log.read_text())
-    result = checked(up, completed, 0)
+        result = finish(up, process, 0, log)
     assert f"wrote {out.stat().st_size} bytes" in result.stderr
     assert_cpu_trace(out.read_bytes())
 
@@ -288,11 +292,8 @@ def test_trace_second_ctrl_c_cancels(up: Up, dotnet_target: StartTarget, tmp_pat
     out = tmp_path / "cancelled.nettrace"
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr:
-        process = subprocess.Popen(
-            command("trace", "--pid", str(target.pid), "--duration", "600", "--profile", "Cpu",
-                    "-o", str(out)),
-            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=tmp_path, env=client_env(up, tmp_path),
-        )  # fmt: skip
+        process = background(up, tmp_path, "trace", "--pid", str(target.pid), "--duration", "600",
+                             "--profile", "Cpu", "-o", str(out), stderr=stderr)  # fmt: skip
         wait_for_file(out.with_name("cancelled.nettrace.part"))
         process.send_signal(signal.SIGINT)
         # The second Ctrl-C once the client shows the stop under way: the stop reaches the agent
@@ -302,9 +303,7 @@ def test_trace_second_ctrl_c_cancels(up: Up, dotnet_target: StartTarget, tmp_pat
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.02)
         process.send_signal(signal.SIGINT)
-        stdout, _ = process.communicate(timeout=120)
-    completed = subprocess.CompletedProcess(process.args, process.returncode, stdout, log.read_text())
-    result = checked(up, completed, 130)
+        result = finish(up, process, 130, log)
     assert "cancelled" in result.stderr
     assert not out.exists() and not out.with_name("cancelled.nettrace.part").exists()
     found = OPERATION.search(result.stderr)
