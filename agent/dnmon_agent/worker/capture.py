@@ -153,13 +153,12 @@ class Capture:
             if partial is None:
                 self._fail(process, exc.code, str(exc))
             else:
-                self._finish(
-                    OperationState.FAILED,
-                    process=process,
-                    error=OperationError(
-                        code=exc.code, message=f"{exc} (partial artifact: {describe(partial)})"
-                    ),
-                    resource_location=describe(partial),
+                where = describe(partial)
+                self._fail(
+                    process,
+                    exc.code,
+                    f"{exc} (partial artifact: {where})",
+                    resource_location=where,
                     artifact={**partial.to_dict(), "partial": True},
                 )
         except EgressError as exc:
@@ -268,8 +267,9 @@ class Capture:
 
     # --- the end ---------------------------------------------------------------------------------
 
-    def _fail(self, process: OperationProcess | None, code: str, message: str) -> None:
-        self._finish(OperationState.FAILED, process=process, error=OperationError(code=code, message=message))
+    def _fail(self, process: OperationProcess | None, code: str, message: str, **changes: Any) -> None:
+        error = OperationError(code=code, message=message)
+        self._finish(OperationState.FAILED, process=process, error=error, **changes)
 
     def _finish(self, state: OperationState, **changes: Any) -> None:
         def write() -> None:
