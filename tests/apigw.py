@@ -6,6 +6,7 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +88,7 @@ class RecordedStream:
     def started(self) -> bool:
         return self.status is not None
 
-    def start(self, status_code: int, headers: dict[str, str]) -> None:
+    def start(self, status_code: int, headers: Mapping[str, str]) -> None:
         assert self.status is None, "started twice"
         self.status, self.headers, self.started_at = status_code, dict(headers), time.monotonic()
 
