@@ -41,8 +41,22 @@ if keep:
     subprocess.run(["mount", "--bind", "/tmp", "/mnt"], check=True)
 subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "dnmon-test", "/tmp"], check=True)
 for path in keep:
+    if any(path.startswith(other + "/") for other in keep):
+        continue  # inside another kept directory, which brings it along
+    source = os.path.join("/mnt", os.path.relpath(path, "/tmp"))
     os.makedirs(path, exist_ok=True)
-    subprocess.run(["mount", "--bind", os.path.join("/mnt", os.path.relpath(path, "/tmp")), path], check=True)
+    # Entry by entry into a 0755 directory: the kept one itself may be 0700 (``mktemp -d``), and
+    # targets run as other users must still reach the runtime and the apps below it.
+    for name in os.listdir(source):
+        src, dst = os.path.join(source, name), os.path.join(path, name)
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+            continue
+        if os.path.isdir(src):
+            os.makedirs(dst, exist_ok=True)
+        else:
+            open(dst, "a").close()
+        subprocess.run(["mount", "--bind", src, dst], check=True)
 lock = threading.Lock()
 def say(**message):
     with lock:

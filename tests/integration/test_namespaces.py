@@ -38,6 +38,17 @@ from tests.traces import assert_cpu_trace
 ROOT = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
+
+def _closed_to_others() -> str | None:
+    """The first directory above this checkout or its interpreter that other users cannot enter
+    (a clone into ``mktemp -d`` is 0700): host processes of other users cannot run from there."""
+    for start in (ROOT, Path(sys.prefix).resolve()):
+        for folder in (start, *start.parents):
+            if not folder.stat().st_mode & 0o001:
+                return str(folder)
+    return None
+
+
 pytestmark = [
     pytest.mark.dotnet,
     pytest.mark.skipif(unshare_unavailable() is not None, reason=str(unshare_unavailable())),
@@ -128,6 +139,10 @@ def test_another_users_process_in_a_namespace_is_captured_as_root(container: Con
     assert_cpu_trace(trace.getvalue())
 
 
+@pytest.mark.skipif(
+    _closed_to_others() is not None,
+    reason=f"{_closed_to_others()} is closed to other users: the agent and target run as them here",
+)
 def test_a_socket_the_agent_may_not_open_is_listed_with_the_reason(dotnet_target: StartTarget) -> None:
     """An agent that is neither root nor the target's user still lists it, and says why not more."""
     with tempfile.TemporaryDirectory(prefix="dnmon-shared-") as shared:
