@@ -170,6 +170,25 @@ def test_listing_per_host_and_fleet_paginates(dynamo_table: Any) -> None:
         store.page(token="not-a-token")
 
 
+def test_a_fleet_page_that_fills_as_a_day_ends_goes_on_from_the_next_day(dynamo_table: Any) -> None:
+    """Three operations yesterday, two today, pages of three: the first page ends with yesterday and
+    the second begins today (the page once took one record too many from the next day)."""
+    store = OperationStore(dynamo_table)
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    created = [today - timedelta(hours=3 - i) for i in range(3)] + [
+        today + timedelta(minutes=i) for i in (1, 2)
+    ]
+    records = [_record(pid=i, agent=f"day-{i}", created=when) for i, when in enumerate(created)]
+    for record in records:
+        store.create(record, lease_seconds=600)
+    first = store.page(limit=3)
+    assert [r.operation_id for r in first.records] == [r.operation_id for r in records[:3]]
+    assert first.next_token is not None
+    second = store.page(limit=3, token=first.next_token)
+    assert [r.operation_id for r in second.records] == [r.operation_id for r in records[3:]]
+    assert second.next_token is None
+
+
 def test_twenty_parallel_requests_per_host_take_three_slots_each(dynamo_table: Any) -> None:
     slots = SlotStore(dynamo_table)
     taken: dict[str, list[int]] = {"host-a": [], "host-b": []}

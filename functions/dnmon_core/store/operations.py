@@ -243,12 +243,15 @@ class OperationStore:
             days = days[days.index(day) :]
         records: list[OperationRecord] = []
         for day in days:
+            if len(records) >= limit:  # the page filled up as a day ended: go on from the next day
+                return Page(records, encode_token({"gsi2pk": f"OPSDAY#{day}"}))
             kwargs: dict[str, Any] = {
                 "IndexName": "gsi2",
                 "KeyConditionExpression": "gsi2pk = :pk",
                 "ExpressionAttributeValues": {":pk": f"OPSDAY#{day}"},
             }
-            if start is not None and start.get("gsi2pk") == f"OPSDAY#{day}":
+            # A token that names only the day starts at its beginning.
+            if start is not None and start.get("gsi2pk") == f"OPSDAY#{day}" and len(start) > 1:
                 kwargs["ExclusiveStartKey"] = start
             found, last = self._collect(kwargs, where, limit - len(records))
             records.extend(found)
