@@ -29,7 +29,7 @@ from dnmon_agent.diagnostics import procfs
 from dnmon_agent.diagnostics.errors import IpcError
 from dnmon_agent.diagnostics.transport import IpcConnection
 from dnmon_agent.local import dotnet
-from tests.dotnet import build_app
+from tests.dotnet import CACHE, build_app
 
 INIT = r"""
 import json, os, subprocess, sys, threading
@@ -134,6 +134,9 @@ class ContainerTarget:
 def _under_tmp() -> list[str]:
     """This checkout and interpreter, when they live under /tmp (a CI clone may): the private /tmp
     would hide them from the targets."""
+    # The container binds a kept directory's entries as they are when it starts: the app cache,
+    # filled later, must already be one of them.
+    CACHE.mkdir(parents=True, exist_ok=True)
     wanted = {Path(__file__).resolve().parents[1], Path(sys.prefix).resolve()}
     tmp = Path("/tmp").resolve()
     return sorted(str(p) for p in wanted if p == tmp or tmp in p.parents)
